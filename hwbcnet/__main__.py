@@ -1,0 +1,3 @@
+from hwbcnet.cli import main
+
+main()

@@ -1,0 +1,78 @@
+"""Slimmable modules: conv, BatchNorm and linear layers that run on a slice of their channels.
+
+Each module knows which width variable sets its input and output channels; the active (start, stop) range of every
+variable lives in one shared `ActiveRanges` object that the supernet sets per path. BatchNorm slices its affine
+parameters and running statistics with the same range (the statistics are views, so updates land in the buffers).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ActiveRanges:
+    def __init__(self, full: list[int]):
+        self.full = full
+        self.ranges: list[tuple[int, int]] = [(0, c) for c in full]
+
+    def get(self, var: int | None, fixed: int) -> slice:
+        if var is None:
+            return slice(0, fixed)
+        start, stop = self.ranges[var]
+        return slice(start, stop)
+
+
+class DynamicConv2d(nn.Conv2d):
+    def __init__(self, *args, in_var: int | None, out_var: int | None, ranges: ActiveRanges, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.in_var, self.out_var = in_var, out_var
+        self.__dict__["ranges"] = ranges  # shared state, not a submodule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_slice = self.ranges.get(self.out_var, self.out_channels)
+        if self.groups > 1:  # depthwise: one filter per active channel
+            weight = self.weight[out_slice]
+            groups = weight.shape[0]
+        else:
+            weight = self.weight[out_slice, self.ranges.get(self.in_var, self.in_channels)]
+            groups = 1
+        bias = self.bias[out_slice] if self.bias is not None else None
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
+
+
+class DynamicLinear(nn.Linear):
+    def __init__(self, *args, in_var: int | None, out_var: int | None, ranges: ActiveRanges, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.in_var, self.out_var = in_var, out_var
+        self.__dict__["ranges"] = ranges
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_slice = self.ranges.get(self.out_var, self.out_features)
+        weight = self.weight[out_slice, self.ranges.get(self.in_var, self.in_features)]
+        return F.linear(x, weight, self.bias[out_slice] if self.bias is not None else None)
+
+
+class DynamicBatchNorm2d(nn.BatchNorm2d):
+    def __init__(self, *args, var: int | None, ranges: ActiveRanges, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.var = var
+        self.__dict__["ranges"] = ranges
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.ranges.get(self.var, self.num_features)
+        use_batch_stats = self.training or self.running_mean is None
+        factor = 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            # momentum None = cumulative average, used to recalibrate statistics per path before scoring
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        return F.batch_norm(
+            x,
+            self.running_mean[s] if not use_batch_stats or self.training else None,
+            self.running_var[s] if not use_batch_stats or self.training else None,
+            self.weight[s] if self.weight is not None else None,
+            self.bias[s] if self.bias is not None else None,
+            use_batch_stats, factor, self.eps,
+        )
