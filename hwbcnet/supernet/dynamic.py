@@ -59,9 +59,12 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
         super().__init__(*args, **kwargs)
         self.var = var
         self.__dict__["ranges"] = ranges
+        self.__dict__["process_group"] = None  # set by distributed training: batch statistics over all ranks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.ranges.get(self.var, self.num_features)
+        if self.training and self.process_group is not None:
+            return self._synced_forward(x, s)
         use_batch_stats = self.training or self.running_mean is None
         factor = 0.0
         if self.training and self.track_running_stats:
@@ -76,3 +79,28 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
             self.bias[s] if self.bias is not None else None,
             use_batch_stats, factor, self.eps,
         )
+
+    def _synced_forward(self, x: torch.Tensor, s: slice) -> torch.Tensor:
+        """Training-mode BatchNorm with mean/variance over the global batch of all ranks (a differentiable
+        all-reduce of per-channel sums), so N ranks with batch b train exactly like one process with batch N*b.
+        torch.nn.SyncBatchNorm does not run on CPU (gloo), hence this version."""
+        from torch.distributed.nn.functional import all_reduce
+
+        count = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype, device=x.device)
+        stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])
+        stats = all_reduce(stats, group=self.process_group)
+        channels = x.shape[1]
+        total = stats[-1]
+        mean = stats[:channels] / total
+        var = stats[channels:2 * channels] / total - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                unbiased = var * total / (total - 1).clamp(min=1)
+                self.running_mean[s].mul_(1 - factor).add_(factor * mean)
+                self.running_var[s].mul_(1 - factor).add_(factor * unbiased)
+        out = (x - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        if self.weight is not None:
+            out = out * self.weight[s][None, :, None, None] + self.bias[s][None, :, None, None]
+        return out

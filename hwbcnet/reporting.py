@@ -1,0 +1,18 @@
+"""Shared rich output: one console, tables, and plain-number formatting."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def table(title: str, columns: list[str], rows: list[list], justify_numbers: bool = True) -> Table:
+    out = Table(title=title, title_justify="left")
+    for column in columns:
+        out.add_column(column, justify="right" if justify_numbers and column not in ("variable", "arch", "method",
+                                                                                      "name", "stage", "metric") else "left")
+    for row in rows:
+        out.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row])
+    return out
