@@ -98,15 +98,123 @@ def train(
     config = TrainConfig(model=model, data=data, principle=supernet, bins=bins, min_bins=min_bins,
                          resolution=resolution, width_mult=width_mult, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, seed=seed, max_steps_per_epoch=max_steps_per_epoch)
+    from hwbcnet.api import width_accuracy_table
+    from hwbcnet.reporting import console
+
     with DistContext.from_environment() as dist:
         result = train_supernet(config, out, resume=resume, dist=dist)
+        width_accuracy_table(result.supernet, config, dist=dist)  # every rank scores its shard
         if dist is None or dist.rank == 0:
-            from hwbcnet.api import width_accuracy_table
-
-            width_accuracy_table(result.supernet, config, dist=dist)
-            from hwbcnet.reporting import console
-
             console.print(f"checkpoint: {result.checkpoint}")
+
+
+@app.command()
+def search(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Supernet checkpoint (DIR/supernet.pt)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Result file, e.g. DIR/search.json."),
+    flops: Optional[str] = typer.Option(None, "--flops", help="FLOPs budget: 50% of full, or 300M."),
+    params: Optional[str] = typer.Option(None, "--params", help="Params budget: 2M or 40%."),
+    latency: Optional[str] = typer.Option(None, "--latency", help="Latency budget: 10ms, 800us or 60% (needs --device)."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile whose LUT predicts latency."),
+    lut: Optional[Path] = typer.Option(None, "--lut", help="LUT file (default: lut/<device>/<model>-<res>-b<batch>.json)."),
+    lower: float = typer.Option(0.8, "--lower", help="Legal window is [lower x budget, budget] for every cost."),
+    init: str = typer.Option("prior", "--init", help="Initial population: prior | random."),
+    population: int = typer.Option(50, "--population"),
+    generations: int = typer.Option(40, "--generations"),
+    top_k: int = typer.Option(10, "--top-k"),
+    seed: int = typer.Option(0, "--seed"),
+    calibration_batches: int = typer.Option(20, "--bn-batches", help="Training batches for per-path BN recalibration."),
+):
+    """Evolutionary width search under budgets, scored by the supernet (resumable)."""
+    from hwbcnet.reporting import console, table
+    from hwbcnet.search.evolution import EvolutionConfig
+    from hwbcnet.search.runner import run_search
+    from hwbcnet.training.distributed import DistContext
+
+    evolution = EvolutionConfig(population=population, generations=generations, top_k=top_k,
+                                mutations=population // 2, crossovers=population - population // 2)
+    with DistContext.from_environment() as dist:
+        result = run_search(checkpoint, out, flops=flops, params=params, latency=latency, device=device, lut_path=lut,
+                            lower=lower, init=init, evolution=evolution, seed=seed,
+                            calibration_batches=calibration_batches, dist=dist)
+    if dist is not None and dist.rank != 0:
+        return
+    cost_cols = ["flops", "params"] + (["latency_ms"] if "latency_ms" in result["costs"] else [])
+    rows = [[i + 1, t["code"], t["score"], *[t["costs"][c] for c in cost_cols]] for i, t in enumerate(result["top"])]
+    console.print(table(f"top-{len(rows)} ({', '.join(b['cost'] + ' <= ' + b['budget'] for b in result['budgets'])})",
+                        ["rank", "arch", "score", *cost_cols], rows))
+    console.print(f"chosen {result['arch']['code']}  score {result['score']:.2f}  -> {out}  (plot {result['pareto_png']})")
+
+
+@app.command()
+def extract(
+    search_result: Path = typer.Option(..., "--search", "-s", help="search.json from `hwbcnet search`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Subnet file, e.g. DIR/subnet.pt."),
+    path: Optional[str] = typer.Option(None, "--path", help="Supernet path to inherit: left | right (default: the "
+                                       "higher-scoring one)."),
+):
+    """Build the standalone pruned model with weights inherited from the supernet."""
+    from hwbcnet.reporting import console, table
+    from hwbcnet.search.extract import extract_subnet
+
+    subnet = extract_subnet(search_result, out, path)
+    console.print(table(f"subnet {subnet['arch']['code']} ({subnet['path']} path) -> {out}", ["split", "accuracy %"],
+                        [[k, v] for k, v in subnet["accuracy"].items()]))
+
+
+@app.command()
+def finetune(
+    subnet: Path = typer.Option(..., "--subnet", help="subnet.pt from `hwbcnet extract`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output (default: overwrite --subnet atomically)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data spec (default: the one it was searched on)."),
+    epochs: int = typer.Option(5, "--epochs"),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    lr: float = typer.Option(0.01, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Fine-tune an extracted subnet and report accuracy before and after."""
+    from hwbcnet.reporting import console, table
+    from hwbcnet.search.extract import finetune_subnet
+
+    result = finetune_subnet(subnet, out, data=data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    console.print(table("fine-tuning", ["split", "before %", "after %"],
+                        [[k, result["before"][k], result["after"][k]] for k in result["before"]]))
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks of the search.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("cbm")
+def bench_cbm(
+    space: str = typer.Option("resnet", "--space", help="resnet | mobilenet"),
+    flops: str = typer.Option("50%", "--flops"),
+    queries: int = typer.Option(500, "--queries", help="Oracle queries per method and seed."),
+    seeds: int = typer.Option(10, "--seeds"),
+    lower: float = typer.Option(0.8, "--lower"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A cbm-* supernet: rank all archs with it."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="With --checkpoint: score only this many random archs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+):
+    """Channel-Bench-Macro: evolution (prior/random init) vs random search with the ground truth as oracle."""
+    from hwbcnet.reporting import console, table
+    from hwbcnet.search.cbm_bench import run_cbm_bench, supernet_ranking
+
+    result = run_cbm_bench(space, flops, queries, seeds, lower)
+    if checkpoint is not None:
+        result["supernet_ranking"] = supernet_ranking(str(checkpoint), space, limit=limit)
+    if as_json:
+        print(json.dumps(result))
+        return
+    rows = [[m, v["acc_mean"], v["rank_mean"], v["regret_mean"], f"{v['wins_vs_random']}/{seeds}"]
+            for m, v in result["methods"].items()]
+    console.print(table(f"CBM {space}, FLOPs <= {flops} ({result['in_budget']} archs in window, best "
+                        f"{result['best_in_budget']:.2f}%), {queries} queries x {seeds} seeds",
+                        ["method", "GT acc %", "rank", "regret", "wins vs random"], rows))
+    if "supernet_ranking" in result:
+        r = result["supernet_ranking"]
+        console.print(f"supernet ranking over {r['archs']} archs: Kendall tau {r['kendall_tau']:.3f}, "
+                      f"Spearman rho {r['spearman_rho']:.3f}")
 
 
 def main(argv: Optional[List[str]] = None) -> None:
