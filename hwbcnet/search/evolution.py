@@ -165,6 +165,8 @@ class EvolutionSearch:
                                         cfg.population - len(self.population), self.rng, self.seen)
             self.population = np.concatenate([self.population, refill]).astype(np.int64)
             if len(self.population) == 0:
+                if self.top:  # every legal arch it could reach has been evaluated: nothing left to learn
+                    break
                 raise HwbcnetError("the search found no legal arch to evaluate; widen the budgets")
             self._evaluate(self.population)
             keys = {tuple(int(c) for c in a) for a in self.population} | {a for a, _ in self.top}

@@ -132,7 +132,7 @@ def finetune_subnet(subnet_path: str | Path, out: str | Path | None = None, *, d
                 loss.backward()
                 optimizer.step()
                 step += 1
-                bar.update(task, advance=1, loss=float(loss))
+                bar.update(task, advance=1, loss=loss.item())
             history.append({"stage": "finetune", "epoch": epoch + 1, **evaluate_subnet(model, splits)})
     after = evaluate_subnet(model.eval(), splits)
     payload.update(state_dict=model.state_dict(), accuracy=after, history=history, data=data)

@@ -86,6 +86,7 @@ def run_search(checkpoint: str | Path, out: str | Path, *, flops=None, params=No
     eval_data = EvalData.from_splits(splits, calibration_batches=calibration_batches, seed=seed)
     reduce = None
     if dist is not None:
+        supernet.to(dist.device)
         dist.sync_batchnorm(supernet)
         eval_data, reduce = eval_data.shard(dist), dist.sum_counts
     details: dict = {}
