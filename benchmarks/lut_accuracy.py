@@ -1,0 +1,67 @@
+"""LUT accuracy on this machine: for each model, build the LUT, calibrate it, validate it against end-to-end
+measurements of random subnets, and print MdAPE, share within +-10 %, Spearman and the LUT build time.
+
+Run on a quiet machine (timing loops on shared cores are noisy):
+    python benchmarks/lut_accuracy.py                       # resnet20, mobilenetv2, cbm-resnet on --device cpu
+    python benchmarks/lut_accuracy.py --models resnet20 --bins 4 --calibrate 6 --samples 10 --repeats 1   # smoke
+Targets (issue 4): >= 95 % of subnets within +-10 %, MdAPE <= 5 %, Spearman >= 0.95, resnet20 LUT <= 5 min.
+LUTs go to --out (default a temporary folder, so a benchmark never mixes with the user's lut/ files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from hwbcnet.hardware.lut import lut_path
+from hwbcnet.hardware.profiler import build_lut
+from hwbcnet.hardware.profiles import load_profile
+from hwbcnet.hardware.validate import calibrate_lut, validate_lut
+from hwbcnet.space import build_space
+
+
+def run(model: str, args, out: Path) -> dict:
+    profile = load_profile(args.device)
+    space = build_space(model, bins=args.bins, resolution=profile.resolution)
+    path = lut_path(profile.name, model, space.resolution, profile.batch, root=out)
+    start = time.perf_counter()
+    lut = build_lut(space, profile, path, progress=not args.quiet)
+    build_seconds = time.perf_counter() - start
+    calibration = calibrate_lut(space, profile, path, samples=args.calibrate, repeats=args.repeats, seed=0,
+                                progress=not args.quiet)
+    report = validate_lut(space, profile, path, samples=args.samples, repeats=args.repeats, seed=1,
+                          plot=out / f"{model}-validate.png", progress=not args.quiet)
+    return {
+        "model": model, "device": profile.name, "bins": space.bins, "cells": len(lut.cells),
+        "unstable_cells": sum(not entry["stable"] for entry in lut.cells.values()),
+        "lut_build_s": round(build_seconds, 1), "calibration": {"a_ms": calibration["a_ms"], "b": calibration["b"]},
+        **{name: report[name] for name in ("samples", "repeats", "mdape", "within5", "within10", "spearman", "kendall")},
+        "plot": report["plot"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2", "cbm-resnet"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--bins", type=int, default=None, help="bins per variable (default: the model's)")
+    parser.add_argument("--calibrate", type=int, default=12, help="subnets measured for the calibration fit")
+    parser.add_argument("--samples", type=int, default=50, help="random subnets measured for validation")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved measurement rounds per subnet")
+    parser.add_argument("--out", type=Path, default=None, help="folder for LUTs and plots (default: a temp dir)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="hwbcnet-lut-bench-"))
+    results = [run(model, args, out) for model in args.models]
+    print(f"{'model':<12} {'cells':>6} {'build s':>8} {'MdAPE %':>8} {'±5 %':>6} {'±10 %':>6} {'Spearman':>9} {'Kendall':>8}")
+    for r in results:
+        print(f"{r['model']:<12} {r['cells']:>6} {r['lut_build_s']:>8.1f} {r['mdape']:>8.2f} {100 * r['within5']:>5.0f}% "
+              f"{100 * r['within10']:>5.0f}% {r['spearman']:>9.3f} {r['kendall']:>8.3f}")
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

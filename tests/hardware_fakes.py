@@ -1,0 +1,107 @@
+"""Test doubles for the hardware layer: a tiny width space built from Layer records and a deterministic backend."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from hwbcnet.hardware.profiles import Profile, TimingPolicy
+from hwbcnet.hardware.timing import summarize
+from hwbcnet.space.layers import Layer
+
+
+@dataclass
+class Var:
+    name: str
+    channels: int
+
+
+class TinySpace:
+    """A WidthSpace look-alike: stem conv -> residual block (conv, conv, add) -> pool -> linear; 3 variables."""
+
+    model = "tiny"
+    resolution = 8
+    width_mult = 1.0
+    num_classes = 10
+
+    def __init__(self, bins: int = 4, min_bins: int = 2):
+        self.bins, self.min_bins = bins, min_bins
+        self.variables = [Var("stage", 8), Var("mid", 12), Var("unused_in_add", 8)]
+        self.layers = [
+            Layer("stem", "conv", None, 0, 3, 8, (8, 8), (8, 8), kernel=3, padding=1, bn=True, act="relu"),
+            Layer("b.conv1", "conv", 0, 1, 8, 12, (8, 8), (4, 4), kernel=3, stride=2, padding=1, bn=True, act="relu"),
+            Layer("b.conv2", "conv", 1, 2, 12, 8, (4, 4), (4, 4), kernel=3, padding=1, bn=True),
+            Layer("b.dw", "conv", 2, 2, 8, 8, (4, 4), (4, 4), kernel=3, padding=1, depthwise=True, bn=True, act="relu6"),
+            Layer("add", "add", 2, 2, 8, 8, (4, 4), (4, 4), act="relu"),
+            Layer("pool", "pool", 2, 2, 8, 8, (4, 4), (1, 1), kernel=4, stride=4, pool="avg"),
+            Layer("fc", "linear", 2, None, 8, 10, (1, 1), (1, 1), bias=True),
+        ]
+
+    @property
+    def num_vars(self) -> int:
+        return len(self.variables)
+
+    @property
+    def choices(self) -> range:
+        return range(self.min_bins, self.bins + 1)
+
+    def channels(self, var: int, bins):
+        return -(-np.asarray(bins) * self.variables[var].channels // self.bins)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(f"tiny-{self.bins}-{self.min_bins}".encode()).hexdigest()[:16]
+
+    def full_arch(self):
+        return np.full(self.num_vars, self.bins, dtype=np.int64)
+
+    def min_arch(self):
+        return np.full(self.num_vars, self.min_bins, dtype=np.int64)
+
+    def random_archs(self, rng, n):
+        return rng.integers(self.min_bins, self.bins + 1, size=(n, self.num_vars), dtype=np.int64)
+
+    def format_arch(self, arch) -> str:
+        return "".join(str(int(c)) for c in arch)
+
+
+def fast_profile(name: str = "cpu", **changes) -> Profile:
+    policy = TimingPolicy(warmup_runs=1, warmup_ms=0.0, repeats=50, min_time_ms=0.0)
+    base = dict(name=name, description="test", backend="onnxruntime", precision="fp32", batch=1, threads=1,
+                passes=2, branches=(1, 4), cell_timing=policy, model_timing=policy)
+    base.update(changes)
+    return Profile(**base)
+
+
+def per_copy_ms(model: onnx.ModelProto) -> float:
+    """The fake cost of one branch: proportional to its output channels, doubled when it contains an Add."""
+    channels = model.graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    adds = sum(node.op_type == "Add" for node in model.graph.node) // len(model.graph.output)
+    return 0.001 * channels * (1 + adds)
+
+
+class FakeBackend:
+    """Deterministic timings: 0.01 ms fixed overhead + copies x per_copy_ms. Counts calls; optionally raises
+    on call number `fail_at` (1-based) to simulate a kill."""
+
+    name = "fake"
+    shared_input_branches = True
+
+    def __init__(self, fail_at: int | None = None):
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def environment(self, profile) -> dict:
+        return {"backend": "fake", "device": "fake-cpu", "runtime_versions": {"fake": "1"},
+                "precision": profile.precision, "threads": profile.threads, "clock_state": {}, "date": "today"}
+
+    def measure(self, onnx_bytes, profile, policy=None):
+        self.calls += 1
+        if self.fail_at is not None and self.calls >= self.fail_at:
+            raise KeyboardInterrupt("simulated kill")
+        model = onnx.load_from_string(onnx_bytes)
+        value = 0.01 + len(model.graph.output) * per_copy_ms(model)
+        samples = value * (1 + 0.001 * np.linspace(-1.0, 1.0, 50))  # median exactly `value`
+        return summarize(samples, (policy or profile.model_timing).stability_threshold)
