@@ -8,6 +8,8 @@ gather and one sum.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from hwbcnet.errors import HwbcnetError
@@ -77,3 +79,17 @@ def fit_calibration(predicted_sums, measured_ms) -> tuple[float, float, dict]:
     percent = 100.0 * np.abs(residual) / measured_ms
     return a, b, {"rmse_ms": float(np.sqrt(np.mean(residual ** 2))), "max_abs_ms": float(np.abs(residual).max()),
                   "median_abs_pct": float(np.median(percent)), "max_abs_pct": float(percent.max())}
+
+
+def latency_cost_for(space, device: str, lut_path=None, root="lut") -> LatencyCost:
+    """The LatencyCost of `space` on a device profile (a shipped name or a .toml path), reading its LUT from
+    `lut_path` or the default lut/<device>/<model>-<resolution>-b<batch>.json."""
+    from hwbcnet.hardware.lut import lut_path as default_lut_path
+    from hwbcnet.hardware.profiles import load_profile
+
+    profile = load_profile(device)
+    path = lut_path or default_lut_path(profile.name, space.model, space.resolution, profile.batch, root)
+    if not Path(path).is_file():
+        raise HwbcnetError(f"no LUT at {path}; build it with `hwbcnet profile --device {device} --model {space.model}"
+                           f"{'' if space.resolution is None else f' --resolution {space.resolution}'}`")
+    return LatencyCost(space, Lut.load(path, space=space, profile=profile))

@@ -1,0 +1,110 @@
+"""`hwbcnet verify`: time an exported model end to end on a device and hold it against the LUT's prediction and a
+latency budget.
+
+The model is timed exactly as LUT calibration times whole subnets: the device profile's backend, settings and
+model timing policy (hardware/profiler.measure_model); for a TensorRT profile the ONNX is first put in the
+profile's precision and batch (export/tensorrt_export.prepare_onnx) and built with the shared engine builder.
+The prediction comes from the arch and space recorded in the ONNX metadata and the device's LUT (calibrated
+T = a + b * sum of cells when the LUT has a calibration), or, without a LUT here, from the prediction recorded at
+export time for the same device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hwbcnet.budgets import parse_budget
+from hwbcnet.errors import HwbcnetError
+from hwbcnet.export.onnx_export import load_onnx, read_export_metadata
+from hwbcnet.export.tensorrt_export import fixed_batch, prepare_onnx
+
+
+def verify(onnx_path: str | Path, profile, *, budget_ms: float | str | None = None, lut_path: str | Path | None = None,
+           strict: bool = False, backend=None) -> dict:
+    """Measure the model at `onnx_path` on device `profile` (a Profile or a profile name/path).
+
+    `budget_ms`: milliseconds, or a time string such as "10ms". Returns measured_ms (median), p10_ms, p90_ms,
+    predicted_ms (None when no prediction is possible; `predicted_note` says where it came from or why not),
+    error_pct = 100 (predicted - measured) / measured, budget_ms, within_budget (None without a budget) and
+    `failed`: True when `strict` and the measurement is over budget (the CLI exits 1 then)."""
+    from hwbcnet.hardware.backends import get_backend
+    from hwbcnet.hardware.profiler import measure_model
+    from hwbcnet.hardware.profiles import Profile, load_profile
+
+    profile = profile if isinstance(profile, Profile) else load_profile(profile)
+    budget = _budget_ms(budget_ms)
+    onnx_path = Path(onnx_path)
+    model = load_onnx(onnx_path)
+    metadata = read_export_metadata(model)
+    if profile.backend == "tensorrt":
+        model = prepare_onnx(model, profile.precision, batch=profile.batch)
+    elif fixed_batch(model) not in (None, profile.batch):
+        raise HwbcnetError(f"{onnx_path} has a fixed batch of {fixed_batch(model)} but device {profile.name} times "
+                           f"batch {profile.batch}; export with --batch {profile.batch} or --dynamic-batch")
+    backend = backend or get_backend(profile.backend)
+    stats = measure_model(model.SerializeToString(), profile, backend)
+    predicted, note = predict_latency(metadata, profile, lut_path)
+    within = None if budget is None else stats.median <= budget
+    return {
+        "model_path": str(onnx_path),
+        "model": metadata.get("model"),
+        "arch_code": metadata.get("arch_code"),
+        "device": profile.name,
+        "device_name": backend.environment(profile).get("device"),
+        "settings": profile.settings(),
+        "measured_ms": stats.median,
+        "p10_ms": stats.p10,
+        "p90_ms": stats.p90,
+        "iqr_rel": stats.iqr_rel,
+        "samples": stats.n,
+        "stable": stats.stable,
+        "predicted_ms": predicted,
+        "predicted_note": note,
+        "error_pct": None if predicted is None else 100.0 * (predicted - stats.median) / stats.median,
+        "budget_ms": budget,
+        "within_budget": within,
+        "strict": strict,
+        "failed": bool(strict and within is False),
+    }
+
+
+def _budget_ms(budget: float | str | None) -> float | None:
+    if budget is None:
+        return None
+    if isinstance(budget, str):
+        parsed = parse_budget("latency", budget)
+        if parsed.value is None:
+            raise HwbcnetError(f"--budget {budget!r}: verify needs an absolute time such as 10ms, not a percentage")
+        return parsed.value
+    if budget <= 0:
+        raise HwbcnetError(f"--budget {budget}: the budget must be positive")
+    return float(budget)
+
+
+def predict_latency(metadata: dict, profile, lut_path: str | Path | None = None) -> tuple[float | None, str]:
+    """(LUT-predicted latency in ms or None, where it came from or why there is none)."""
+    from hwbcnet.costs.latency import LatencyCost
+    from hwbcnet.hardware.lut import Lut
+    from hwbcnet.hardware.lut import lut_path as default_lut_path
+    from hwbcnet.space import build_space
+
+    if not metadata:
+        return None, "the ONNX file has no hwbcnet metadata (export it with `hwbcnet export`)"
+    described = metadata["space"]
+    space = build_space(described["model"], bins=described["bins"], min_bins=described["min_bins"],
+                        resolution=described["resolution"], width_mult=described["width_mult"],
+                        num_classes=described["num_classes"])
+    if space.fingerprint() != metadata.get("space_fingerprint"):
+        return None, f"the {space.model} definition changed since this model was exported; re-export it"
+    arch = space.arch_from_json(metadata["arch"])
+    path = Path(lut_path) if lut_path else default_lut_path(profile.name, space.model, space.resolution, profile.batch)
+    if path.is_file():
+        cost = LatencyCost(space, Lut.load(path, space=space, profile=profile))
+        kind = "calibrated" if cost.calibrated else "uncalibrated sum of cells"
+        return float(cost(arch[None])[0]), f"LUT {path} ({kind})"
+    if lut_path:
+        raise HwbcnetError(f"{path}: LUT not found")
+    if metadata.get("device") == profile.name and metadata.get("predicted_latency_ms") is not None:
+        return float(metadata["predicted_latency_ms"]), f"recorded at export time (no LUT at {path})"
+    return None, (f"no LUT at {path}; build it with `hwbcnet profile --device {profile.name} --model {space.model}"
+                  f" --resolution {space.resolution}`")
