@@ -217,6 +217,252 @@ def bench_cbm(
                       f"Spearman rho {r['spearman_rho']:.3f}")
 
 
+def _device_space(device: str, model: str, bins, min_bins, resolution, width_mult):
+    """The device profile and the width space at the profile's resolution (when it fixes one)."""
+    from hwbcnet.hardware.profiles import load_profile
+
+    profile = load_profile(device)
+    if resolution is None and profile.resolution is not None:
+        resolution = profile.resolution
+    return profile, _space(model, bins, min_bins, resolution, width_mult)
+
+
+DeviceOpt = typer.Option(..., "--device", "-d", help="Device profile name (see `hwbcnet devices`) or a .toml path.")
+LutOpt = typer.Option(None, "--lut", help="LUT file (default: lut/<device>/<model>-<resolution>-b<batch>.json).")
+
+
+@app.command()
+def devices(as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.")):
+    """List the device profiles (shipped in profiles/; pass your own with --device path/to/own.toml)."""
+    from hwbcnet.hardware.profiles import list_profiles
+    from hwbcnet.reporting import console, table
+
+    profiles = list_profiles()
+    if as_json:
+        print(json.dumps({p.name: p.to_json() for p in profiles}))
+        return
+    rows = [[p.name, p.backend, p.precision, p.batch, p.threads if p.backend == "onnxruntime" else "-",
+             p.resolution or "model", p.description] for p in profiles]
+    console.print(table("device profiles", ["name", "backend", "precision", "batch", "threads", "resolution",
+                                             "description"], rows, justify_numbers=False))
+
+
+@app.command()
+def profile(
+    device: str = DeviceOpt,
+    model: str = ModelOpt,
+    bins: Optional[int] = BinsOpt,
+    min_bins: Optional[int] = MinBinsOpt,
+    resolution: Optional[int] = ResolutionOpt,
+    width_mult: float = WidthMultOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="LUT file (default: lut/<device>/<model>-<res>-b<batch>.json)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the shuffled measurement order."),
+):
+    """Time every cell the model's width space can produce on the device into a LUT (resumable: rerun after a kill)."""
+    from hwbcnet.hardware.profiler import build_lut
+    from hwbcnet.hardware.validate import lut_summary
+    from hwbcnet.reporting import console, table
+
+    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+    lut = build_lut(space, prof, out, seed=seed)
+    summary = lut_summary(lut)
+    console.print(table(f"LUT {lut.path}", ["metric", "value"], [[k, v] for k, v in summary.items()
+                                                                 if not isinstance(v, (dict, list))],
+                        justify_numbers=False))
+
+
+lut_app = typer.Typer(no_args_is_help=True, help="Calibrate, validate and inspect latency LUTs.")
+app.add_typer(lut_app, name="lut")
+
+
+@lut_app.command("calibrate")
+def lut_calibrate(
+    device: str = DeviceOpt,
+    model: str = ModelOpt,
+    bins: Optional[int] = BinsOpt,
+    min_bins: Optional[int] = MinBinsOpt,
+    resolution: Optional[int] = ResolutionOpt,
+    width_mult: float = WidthMultOpt,
+    lut: Optional[Path] = LutOpt,
+    samples: int = typer.Option(12, "--samples", help="Measured subnets (full, min and random ones)."),
+    repeats: int = typer.Option(1, "--repeats", help="Interleaved measurement rounds per subnet (median)."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Fit the per-device calibration T = a + b * sum(cells) on measured subnets and store it in the LUT."""
+    from hwbcnet.hardware.validate import calibrate_lut
+    from hwbcnet.reporting import console
+
+    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+    cal = calibrate_lut(space, prof, lut, samples=samples, repeats=repeats, seed=seed)
+    console.print(f"calibration: T = {cal['a_ms']:.4f} ms + {cal['b']:.4f} x sum(cells)  "
+                  f"(fit median |error| {cal['residuals']['median_abs_pct']:.2f} %, on {len(cal['fitted_on'])} subnets)")
+
+
+@lut_app.command("validate")
+def lut_validate(
+    device: str = DeviceOpt,
+    model: str = ModelOpt,
+    bins: Optional[int] = BinsOpt,
+    min_bins: Optional[int] = MinBinsOpt,
+    resolution: Optional[int] = ResolutionOpt,
+    width_mult: float = WidthMultOpt,
+    lut: Optional[Path] = LutOpt,
+    samples: int = typer.Option(50, "--samples", help="Random subnets to predict and measure."),
+    repeats: int = typer.Option(3, "--repeats", help="Interleaved measurement rounds per subnet (median)."),
+    seed: int = typer.Option(1, "--seed"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Predicted-vs-measured PNG (default: next to the LUT)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+):
+    """Measure random subnets end to end and compare with the LUT prediction (MdAPE, +-5/10 %, Spearman, Kendall)."""
+    from hwbcnet.hardware.lut import lut_path as default_lut_path
+    from hwbcnet.hardware.validate import validate_lut
+
+    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+    path = lut or default_lut_path(prof.name, space.model, space.resolution, prof.batch)
+    plot = plot or Path(path).with_name(Path(path).stem + "-validate.png")
+    report = validate_lut(space, prof, path, samples=samples, repeats=repeats, seed=seed, plot=plot,
+                          progress=not as_json)
+    if as_json:
+        print(json.dumps(report))
+        return
+    from hwbcnet.reporting import console, table
+
+    console.print(table(f"{model} on {prof.name}: {samples} random subnets ({'calibrated' if report['calibrated'] else 'uncalibrated'})",
+                        ["metric", "value"],
+                        [["median |error| %", report["mdape"]], ["within +-5 %", f"{100 * report['within5']:.0f} %"],
+                         ["within +-10 %", f"{100 * report['within10']:.0f} %"], ["Spearman rho", report["spearman"]],
+                         ["Kendall tau", report["kendall"]], ["plot", report["plot"]]], justify_numbers=False))
+
+
+@lut_app.command("show")
+def lut_show(
+    device: str = DeviceOpt,
+    model: str = ModelOpt,
+    bins: Optional[int] = BinsOpt,
+    min_bins: Optional[int] = MinBinsOpt,
+    resolution: Optional[int] = ResolutionOpt,
+    width_mult: float = WidthMultOpt,
+    lut: Optional[Path] = LutOpt,
+    heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Heat-map PNG (default: next to the LUT)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+):
+    """Summarise a LUT and write a latency heat-map PNG (cell time over input x output widths per layer)."""
+    from hwbcnet.hardware.lut import Lut
+    from hwbcnet.hardware.lut import lut_path as default_lut_path
+    from hwbcnet.hardware.validate import lut_heatmap, lut_summary
+
+    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+    path = lut or default_lut_path(prof.name, space.model, space.resolution, prof.batch)
+    table_ = Lut.load(path, space=space, profile=prof)
+    summary = lut_summary(table_)
+    summary["heatmap"] = str(lut_heatmap(table_, heatmap or Path(path).with_name(Path(path).stem + "-heatmap.png")))
+    if as_json:
+        print(json.dumps(summary))
+        return
+    from hwbcnet.reporting import console, table
+
+    console.print(table(f"LUT {path}", ["metric", "value"],
+                        [[k, json.dumps(v) if isinstance(v, (dict, list)) else v] for k, v in summary.items()],
+                        justify_numbers=False))
+
+
+@app.command()
+def export(
+    search_result: Optional[Path] = typer.Option(None, "--search", "-s", help="search.json (extracts the subnet)."),
+    subnet: Optional[Path] = typer.Option(None, "--subnet", help="subnet.pt from `extract` or `finetune`."),
+    onnx_path: Path = typer.Option(..., "--onnx", help="Output ONNX file."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Symbolic batch dimension."),
+    batch: int = typer.Option(1, "--batch"),
+    opset: int = typer.Option(17, "--opset"),
+    trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine (needs TensorRT and a GPU)."),
+    engine: Optional[Path] = typer.Option(None, "--engine", help="Engine path (default: the ONNX path with .engine)."),
+    fp16: bool = typer.Option(False, "--fp16", help="TensorRT fp16 engine."),
+    int8: bool = typer.Option(False, "--int8", help="TensorRT INT8 engine through Q/DQ nodes."),
+    calib: str = typer.Option("digits", "--calib", help="INT8 calibration images: a data spec or a folder."),
+    calib_images: int = typer.Option(512, "--calib-images"),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile for the engine (timing cache)."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+):
+    """Export the searched subnet: physically pruned ONNX (checked against PyTorch), optionally a TensorRT engine."""
+    from hwbcnet.export.onnx_export import export_onnx, load_export_source
+    from hwbcnet.reporting import console
+
+    if (search_result is None) == (subnet is None):
+        raise HwbcnetError("give exactly one of --search DIR/search.json or --subnet DIR/subnet.pt")
+    if fp16 and int8:
+        raise HwbcnetError("choose one of --fp16 and --int8")
+    if (fp16 or int8) and not trt:
+        raise HwbcnetError("--fp16/--int8 are TensorRT precisions: add --trt")
+    source = load_export_source(search_result or subnet)
+    report = export_onnx(source.model, source.space, source.arch, onnx_path, dynamic_batch=dynamic_batch,
+                         batch=batch, opset=opset, metadata=source.metadata)
+    result = {"onnx": report.to_json()}
+    if not as_json:
+        console.print(f"ONNX {onnx_path}: opset {report.opset}, max |ONNX Runtime - PyTorch| = "
+                      f"{report.max_abs_diff:.2e} on {report.compared_images} {report.compared_on} images")
+    if trt:
+        from hwbcnet.export.tensorrt_export import export_tensorrt
+
+        precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+        sidecar = export_tensorrt(onnx_path, engine or onnx_path.with_suffix(".engine"), precision=precision,
+                                  calib=calib if int8 else None, calib_images=calib_images, timing_cache=timing_cache,
+                                  device_profile=device, batch=batch)
+        result["tensorrt"] = sidecar
+        if not as_json:
+            console.print(f"TensorRT {precision} engine {engine or onnx_path.with_suffix('.engine')} "
+                          f"(TensorRT {sidecar.get('tensorrt_version')}, {sidecar.get('gpu', {}).get('name', '?')})")
+    if as_json:
+        print(json.dumps(result))
+
+
+@app.command()
+def verify(
+    device: str = DeviceOpt,
+    model: Path = typer.Option(..., "--model", "-m", help="Exported ONNX model."),
+    budget: Optional[str] = typer.Option(None, "--budget", help="Latency budget, e.g. 10ms."),
+    lut: Optional[Path] = LutOpt,
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when the measurement exceeds the budget."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+):
+    """Measure an exported model with the device profile's settings: measured vs LUT-predicted vs budget."""
+    from hwbcnet.export.verify import verify as verify_model
+
+    result = verify_model(model, device, budget_ms=budget, lut_path=lut, strict=strict)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        from hwbcnet.reporting import console, table
+
+        predicted = f"{result['predicted_ms']:.3f} ms" if result["predicted_ms"] is not None else result["predicted_note"]
+        rows = [["measured (median)", f"{result['measured_ms']:.3f} ms (p10 {result['p10_ms']:.3f}, p90 {result['p90_ms']:.3f})"],
+                ["LUT predicted", predicted]]
+        if result["error_pct"] is not None:
+            rows.append(["prediction error", f"{result['error_pct']:+.1f} %"])
+        if result["budget_ms"] is not None:
+            rows.append(["budget", f"{result['budget_ms']:.3f} ms ({'within' if result['within_budget'] else 'OVER'})"])
+        console.print(table(f"verify {model} on {result['device']}", ["metric", "value"], rows, justify_numbers=False))
+        if not result["stable"]:
+            console.print("[yellow]warning: the measurement was unstable (busy machine?); repeat it[/yellow]")
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Output folder (each stage is cached here)."),
+    epochs: int = typer.Option(8, "--epochs", help="Supernet training epochs."),
+    max_steps_per_epoch: Optional[int] = typer.Option(None, "--max-steps-per-epoch", help="Cap steps (quick runs)."),
+    generations: int = typer.Option(5, "--generations", help="Search generations."),
+    device: str = typer.Option("cpu", "--device", "-d", help="Device profile for the LUT and verification."),
+):
+    """The whole loop on the bundled digits data: train, LUT, search (latency + FLOPs), extract, export, verify."""
+    from hwbcnet.quickstart import QuickstartConfig, run_quickstart
+
+    run_quickstart(QuickstartConfig(out=out, epochs=epochs, max_steps_per_epoch=max_steps_per_epoch,
+                                    generations=generations, device=device))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     try:
         app(args=argv, prog_name="hwbcnet")

@@ -8,6 +8,7 @@ parameters and running statistics with the same range (the statistics are views,
 from __future__ import annotations
 
 import torch
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -54,6 +55,24 @@ class DynamicLinear(nn.Linear):
         return F.linear(x, weight, self.bias[out_slice] if self.bias is not None else None)
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward all-reduces the gradient: every rank's loss depends on every rank's
+    contribution to the sum. DDP's 1/N gradient averaging then yields the gradient of the mean loss."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        torch_dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        torch_dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
 class DynamicBatchNorm2d(nn.BatchNorm2d):
     def __init__(self, *args, var: int | None, ranges: ActiveRanges, **kwargs):
         super().__init__(*args, **kwargs)
@@ -83,16 +102,16 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
     def _synced_forward(self, x: torch.Tensor, s: slice) -> torch.Tensor:
         """Training-mode BatchNorm with mean/variance over the global batch of all ranks (a differentiable
         all-reduce of per-channel sums), so N ranks with batch b train exactly like one process with batch N*b.
-        torch.nn.SyncBatchNorm does not run on CPU (gloo), hence this version."""
-        from torch.distributed.nn.functional import all_reduce
-
+        torch.nn.SyncBatchNorm does not run on CPU (gloo), hence this version. A rank with an empty share (a batch
+        smaller than the number of ranks) contributes zeros and still joins the all-reduce."""
         count = torch.tensor([x.shape[0] * x.shape[2] * x.shape[3]], dtype=x.dtype, device=x.device)
         stats = torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count])
-        stats = all_reduce(stats, group=self.process_group)
+        stats = _SumOverRanks.apply(stats, self.process_group)
         channels = x.shape[1]
         total = stats[-1]
         mean = stats[:channels] / total
-        var = stats[channels:2 * channels] / total - mean * mean
+        # E[x^2] - E[x]^2 can round below zero for a near-constant channel
+        var = (stats[channels:2 * channels] / total - mean * mean).clamp(min=0)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

@@ -4,12 +4,18 @@ Training wraps the supernet in DistributedDataParallel (NCCL on GPUs, gloo on CP
 DistributedSampler, synchronises BatchNorm batch statistics across ranks, and keeps the width draws identical on every
 rank (same sampler seed). Scoring shards BN-calibration and validation batches and all-reduces the statistics and
 the correct/total counts, so the scores equal a single process's.
+
+Under NCCL every rank works on `cuda:LOCAL_RANK`: the supernet, its batches and the small all-reduced tensors (loss,
+counts) live there. Rank 0 alone reads and writes the training checkpoint and broadcasts what it read, so `--out`
+needs to exist on rank 0's node only; `search` loads the checkpoint on every rank (a shared file system or a copy).
+See docs/distributed.md.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as torch_dist
@@ -24,6 +30,7 @@ class DistContext:
     world_size: int
     local_rank: int
     owns_group: bool = True
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where model, batches, reductions live
 
     @classmethod
     def from_environment(cls) -> "DistContext | _NoDist":
@@ -35,9 +42,11 @@ class DistContext:
         if not torch_dist.is_initialized():
             torch_dist.init_process_group(backend)
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = torch.device("cpu")
         if backend == "nccl":
-            torch.cuda.set_device(local_rank)
-        return cls(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank)
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        return cls(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank, device=device)
 
     def __enter__(self) -> "DistContext":
         return self
@@ -54,24 +63,30 @@ class DistContext:
     def wrap(self, supernet: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
 
+        supernet.to(self.device)
         self.sync_batchnorm(supernet)
-        # BN statistics are synchronised in the forward pass already; no buffer broadcast needed.
-        return DistributedDataParallel(supernet, broadcast_buffers=False)
+        # BN statistics are synchronised in the forward pass already, so the buffers need no sync before each
+        # forward (torch >= 2.12 spells that forward_sync_buffers=False and deprecates broadcast_buffers).
+        options = inspect.signature(DistributedDataParallel).parameters
+        no_buffer_sync = {"forward_sync_buffers" if "forward_sync_buffers" in options else "broadcast_buffers": False}
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(supernet, device_ids=device_ids, **no_buffer_sync)
 
     def sampler(self, dataset, seed: int) -> DistributedSampler:
         return DistributedSampler(dataset, self.world_size, self.rank, shuffle=True, seed=seed, drop_last=True)
 
     def shard(self, batch: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous share of a global batch."""
-        return batch.tensor_split(self.world_size)[self.rank]
+        """This rank's contiguous share of a global batch (on this rank's device; empty when the batch has fewer
+        items than there are ranks)."""
+        return batch.tensor_split(self.world_size)[self.rank].to(self.device)
 
     def mean(self, value: float) -> float:
-        tensor = torch.tensor([value], dtype=torch.float64)
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
         torch_dist.all_reduce(tensor)
         return float(tensor) / self.world_size
 
     def sum_counts(self, correct: int, total: int) -> tuple[int, int]:
-        tensor = torch.tensor([correct, total], dtype=torch.int64)
+        tensor = torch.tensor([correct, total], dtype=torch.int64, device=self.device)
         torch_dist.all_reduce(tensor)
         return int(tensor[0]), int(tensor[1])
 

@@ -91,11 +91,14 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.checkpoint_path = self.out_dir / "supernet.pt"
         self.dist = dist  # hwbcnet.training.distributed.DistContext or None
-        torch.manual_seed(config.seed)
+        self.device = dist.device if dist is not None else torch.device("cpu")
         res = config.resolution or build_space(config.model).resolution
         self.data = load_data(config.data, res, seed=config.seed)
         self.space = config.resolved_space(self.data.num_classes)
         self.principle = get_principle(config.principle)
+        # Seeded here, not earlier: tracing a model (once per process, then cached) draws from the global RNG, and
+        # the initial weights must not depend on what the process traced before (every rank must start equal).
+        torch.manual_seed(config.seed)
         self.supernet = SuperNet(self.space, self.principle)
         if dist is not None:
             self.model = dist.wrap(self.supernet)
@@ -122,10 +125,27 @@ class Trainer:
     def is_main(self) -> bool:
         return self.dist is None or self.dist.rank == 0
 
+    def _from_main(self, read: Callable[[], object]):
+        """`read()` on rank 0, its result (or its HwbcnetError) on every rank: only rank 0 is sure to see --out
+        (several nodes need no shared file system), and every rank must take the same branch."""
+        try:
+            value, error = (read(), None) if self.is_main else (None, None)
+        except HwbcnetError as exc:
+            value, error = None, str(exc)
+        if self.dist is not None:
+            value, error = self.dist.broadcast_object((value, error))
+        if error is not None:
+            raise HwbcnetError(error)
+        return value
+
+    def checkpoint_exists(self) -> bool:
+        return self._from_main(self.checkpoint_path.exists)
+
     def resume(self) -> bool:
-        if not self.checkpoint_path.exists():
+        payload = self._from_main(lambda: load_checkpoint(self.checkpoint_path) if self.checkpoint_path.exists()
+                                  else None)
+        if payload is None:
             return False
-        payload = load_checkpoint(self.checkpoint_path)
         saved = payload["config"]
         for key in ("model", "principle", "data", "bins", "min_bins", "resolution", "width_mult", "batch_size", "seed"):
             if saved.get(key) != asdict(self.config).get(key):
@@ -193,6 +213,7 @@ class Trainer:
                 for batch_index, (images, labels) in enumerate(loader):
                     if batch_index >= self.steps_per_epoch:
                         break
+                    images, labels = images.to(self.device), labels.to(self.device)
                     for group in self.optimizer.param_groups:
                         group["lr"] = _lr_at(self.step, self.planned_steps, cfg.lr)
                     self.optimizer.zero_grad(set_to_none=True)
@@ -227,7 +248,7 @@ def train_supernet(config: TrainConfig, out_dir: str | Path, resume: bool = Fals
                    dist=None) -> TrainResult:
     """Train (or, with `resume`, continue) a supernet; the checkpoint is DIR/supernet.pt."""
     trainer = Trainer(config, out_dir, dist)
-    if trainer.checkpoint_path.exists() and not resume:
+    if not resume and trainer.checkpoint_exists():
         raise HwbcnetError(f"{trainer.checkpoint_path} exists; pass --resume to continue it or choose another --out")
     if resume:
         trainer.resume()

@@ -1,0 +1,134 @@
+"""`hwbcnet quickstart`: the whole loop on the bundled digits data, each stage cached in its output folder.
+
+train a small bcnetv2 supernet -> build the CPU LUT and calibrate it -> search under a latency and a FLOPs budget ->
+extract and fine-tune -> export ONNX -> verify the measured latency against prediction and budget.
+A second run reuses every finished stage (the supernet checkpoint, the LUT, search.json, subnet.pt, model.onnx).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hwbcnet.reporting import console, table
+
+
+@dataclass
+class QuickstartConfig:
+    out: Path = Path("runs/quickstart")
+    model: str = "resnet20"
+    data: str = "digits"
+    resolution: int = 16  # digits are 8x8: 16 px keeps every stage within minutes on 2 cores
+    bins: int = 4
+    min_bins: int = 2
+    epochs: int = 8
+    finetune_epochs: int = 3
+    device: str = "cpu"
+    latency: str = "75%"  # of the full-width model's predicted latency
+    flops: str = "60%"
+    population: int = 16
+    generations: int = 5
+    calibration_samples: int = 10
+    max_steps_per_epoch: int | None = None  # CI uses a cap: the same code path, fewer steps
+
+
+def _stage(name: str) -> float:
+    console.rule(f"[bold]{name}")
+    return time.perf_counter()
+
+
+def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
+    from hwbcnet.export.onnx_export import export_onnx, load_export_source, read_export_metadata
+    from hwbcnet.export.verify import verify
+    from hwbcnet.fileio import file_sha256
+    from hwbcnet.hardware.lut import Lut, lut_path
+    from hwbcnet.hardware.profiler import build_lut
+    from hwbcnet.hardware.profiles import load_profile
+    from hwbcnet.hardware.validate import calibrate_lut
+    from hwbcnet.search.evolution import EvolutionConfig
+    from hwbcnet.search.extract import extract_subnet, finetune_subnet, load_subnet
+    from hwbcnet.search.runner import load_search, run_search
+    from hwbcnet.training.checkpoint import load_checkpoint
+    from hwbcnet.training.trainer import TrainConfig, train_supernet
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+
+    started = _stage("1/6 train a bcnetv2 supernet on digits")
+    checkpoint = out / "supernet.pt"
+    train_config = TrainConfig(model=config.model, data=config.data, principle="bcnetv2", bins=config.bins,
+                               min_bins=config.min_bins, resolution=config.resolution, epochs=config.epochs,
+                               batch_size=32, lr=0.05, max_steps_per_epoch=config.max_steps_per_epoch)
+    if checkpoint.exists() and load_checkpoint(checkpoint).get("finished"):
+        console.print(f"cached: {checkpoint}")
+    else:
+        train_supernet(train_config, out, resume=checkpoint.exists())
+    timings["train"] = time.perf_counter() - started
+
+    started = _stage(f"2/6 latency LUT on device '{config.device}' (measures only missing cells)")
+    profile = load_profile(config.device)
+    space = train_config.resolved_space(10)
+    lut_file = lut_path(profile.name, space.model, space.resolution, profile.batch, root=out / "lut")
+    build_lut(space, profile, lut_file)
+    if Lut.load(lut_file, space=space, profile=profile).calibration is None:
+        calibrate_lut(space, profile, lut_file, samples=config.calibration_samples, repeats=2)
+    calibration = Lut.load(lut_file).calibration
+    console.print(f"LUT {lut_file}: T = {calibration['a_ms']:.4f} ms + {calibration['b']:.3f} x sum(cells)")
+    timings["lut"] = time.perf_counter() - started
+
+    started = _stage(f"3/6 search: latency <= {config.latency}, FLOPs <= {config.flops}")
+    search_file = out / "search.json"
+    evolution = EvolutionConfig(population=config.population, generations=config.generations, top_k=5,
+                                mutations=config.population // 2, crossovers=config.population - config.population // 2)
+    result = run_search(checkpoint, search_file, latency=config.latency, flops=config.flops, device=config.device,
+                        lut_path=lut_file, evolution=evolution, calibration_batches=8)
+    timings["search"] = time.perf_counter() - started
+
+    started = _stage("4/6 extract and fine-tune the subnet")
+    subnet_file = out / "subnet.pt"
+    cached = subnet_file.exists() and load_subnet(subnet_file)[3]["source"]["search_sha256"] == file_sha256(search_file)
+    if not cached:
+        extract_subnet(search_file, subnet_file)
+        finetune_subnet(subnet_file, epochs=config.finetune_epochs)
+    subnet = load_subnet(subnet_file)[3]
+    timings["extract"] = time.perf_counter() - started
+
+    started = _stage("5/6 export ONNX")
+    onnx_file = out / "model.onnx"
+    subnet_sha = file_sha256(subnet_file)
+    if onnx_file.exists() and read_export_metadata(onnx_file).get("source_sha256") == subnet_sha:
+        console.print(f"cached: {onnx_file}")
+        max_diff = read_export_metadata(onnx_file).get("max_abs_diff")
+    else:
+        source = load_export_source(subnet_file)
+        report = export_onnx(source.model, source.space, source.arch, onnx_file,
+                             metadata={**source.metadata, "device": config.device,
+                                       "predicted_latency_ms": result["costs"]["latency_ms"]})
+        max_diff = report.max_abs_diff
+    timings["export"] = time.perf_counter() - started
+
+    started = _stage("6/6 verify on the device")
+    budget_ms = next(b["high"] for b in load_search(search_file)["budgets"] if b["cost"] == "latency")
+    verified = verify(onnx_file, config.device, budget_ms=budget_ms, lut_path=lut_file)
+    timings["verify"] = time.perf_counter() - started
+
+    summary = {
+        "arch": result["arch"]["code"], "flops": result["costs"]["flops"], "params": result["costs"]["params"],
+        "predicted_ms": verified["predicted_ms"], "measured_ms": verified["measured_ms"], "budget_ms": budget_ms,
+        "within_budget": verified["within_budget"], "supernet_score": result["score"],
+        "val_accuracy": subnet["accuracy"]["val"], "test_accuracy": subnet["accuracy"]["test"],
+        "onnx_max_abs_diff": max_diff, "pareto_png": result["pareto_png"], "onnx": str(onnx_file),
+        "seconds": timings,
+    }
+    console.print(table("quickstart result", ["metric", "value"], [
+        ["arch (bins per variable)", summary["arch"]], ["FLOPs (MACs)", f"{summary['flops']:,}"],
+        ["params", f"{summary['params']:,}"],
+        ["latency predicted / measured", f"{summary['predicted_ms']:.3f} / {summary['measured_ms']:.3f} ms"],
+        ["latency budget", f"{budget_ms:.3f} ms ({'within' if summary['within_budget'] else 'OVER'})"],
+        ["supernet score (val %)", f"{summary['supernet_score']:.2f}"],
+        ["fine-tuned accuracy val / test %", f"{summary['val_accuracy']:.2f} / {summary['test_accuracy']:.2f}"],
+        ["Pareto plot", summary["pareto_png"]], ["ONNX model", summary["onnx"]],
+        ["time per stage (s)", ", ".join(f"{k} {v:.0f}" for k, v in timings.items())]], justify_numbers=False))
+    return summary
