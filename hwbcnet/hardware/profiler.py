@@ -105,7 +105,8 @@ def build_lut(space, profile: Profile, path: str | Path | None = None, *, progre
                 lut.data["build"]["measure_seconds"] += time.perf_counter() - start
                 lut.save()
                 bar.advance(task)
-    lut.save()
+    if not lut.path.exists():  # a space with no cells still gets its (empty) file
+        lut.save()
     return lut
 
 

@@ -1,0 +1,119 @@
+"""The README's main job end to end (fewer steps through options, the same code path), then the CLI's
+hardware and deployment commands on its outputs."""
+
+import json
+import os
+
+import pytest
+
+from hwbcnet.cli import main
+
+
+def run_cli(args, capsys):
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exit_:
+        code = exit_.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def quickstart_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("quickstart")
+    with pytest.raises(SystemExit) as exit_:
+        main(["quickstart", "--out", str(out), "--epochs", "1", "--max-steps-per-epoch", "4", "--generations", "1"])
+    assert exit_.value.code in (0, None)
+    return out
+
+
+@pytest.mark.timeout(600)
+def test_quickstart_outputs_and_cache(quickstart_dir, capsys):
+    out = quickstart_dir
+    for name in ("supernet.pt", "search.json", "search-pareto.png", "subnet.pt", "model.onnx",
+                 "lut/cpu/resnet20-16-b1.json"):
+        assert (out / name).is_file(), name
+    search = json.loads((out / "search.json").read_text())
+    assert {b["cost"] for b in search["budgets"]} == {"latency", "flops"}
+    for budget in search["budgets"]:
+        value = search["costs"]["latency_ms" if budget["cost"] == "latency" else budget["cost"]]
+        assert budget["low"] <= value <= budget["high"]
+    lut = json.loads((out / "lut/cpu/resnet20-16-b1.json").read_text())
+    assert lut["calibration"] is not None
+    # a second run reuses every stage: no file is rewritten
+    stamps = {p: os.stat(out / p).st_mtime_ns for p in ("supernet.pt", "subnet.pt", "model.onnx",
+                                                        "lut/cpu/resnet20-16-b1.json", "search.json")}
+    code, stdout, _ = run_cli(["quickstart", "--out", out, "--epochs", "1", "--max-steps-per-epoch", "4",
+                               "--generations", "1"], capsys)
+    assert code == 0 and "cached" in stdout and "quickstart result" in stdout
+    assert {p: os.stat(out / p).st_mtime_ns for p in stamps} == stamps
+
+
+def test_info_predicts_latency_from_the_lut(quickstart_dir, capsys):
+    lut = quickstart_dir / "lut/cpu/resnet20-16-b1.json"
+    code, stdout, err = run_cli(["info", "--model", "resnet20", "--resolution", 16, "--bins", 4, "--min-bins", 2,
+                                 "--device", "cpu", "--lut", lut, "--arch", "full", "--json"], capsys)
+    assert code == 0, err
+    result = json.loads(stdout)
+    search = json.loads((quickstart_dir / "search.json").read_text())
+    full_latency = next(b for b in search["budgets"] if b["cost"] == "latency")["high"] / 0.75
+    assert result["latency_ms"] == pytest.approx(full_latency)
+
+
+def test_lut_show_writes_heatmap(quickstart_dir, capsys, tmp_path):
+    lut = quickstart_dir / "lut/cpu/resnet20-16-b1.json"
+    code, stdout, err = run_cli(["lut", "show", "--device", "cpu", "--model", "resnet20", "--resolution", 16,
+                                 "--bins", 4, "--min-bins", 2, "--lut", lut, "--heatmap", tmp_path / "h.png", "--json"],
+                                capsys)
+    assert code == 0, err
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads(stdout)["heatmap"] == str(tmp_path / "h.png")
+
+
+def test_lut_for_another_space_is_refused(quickstart_dir, capsys):
+    lut = quickstart_dir / "lut/cpu/resnet20-16-b1.json"
+    code, _, err = run_cli(["info", "--model", "resnet20", "--resolution", 16, "--device", "cpu", "--lut", lut], capsys)
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_verify_strict_exit_codes(quickstart_dir, capsys):
+    onnx_file = quickstart_dir / "model.onnx"
+    code, stdout, _ = run_cli(["verify", "--device", "cpu", "--model", onnx_file, "--budget", "10s", "--strict",
+                               "--json"], capsys)
+    result = json.loads(stdout)
+    assert code == 0 and result["within_budget"] and result["measured_ms"] > 0
+    # no LUT given: the prediction recorded at export (the search's) is reported
+    search = json.loads((quickstart_dir / "search.json").read_text())
+    assert result["predicted_ms"] == pytest.approx(search["costs"]["latency_ms"])
+    code, _, _ = run_cli(["verify", "--device", "cpu", "--model", onnx_file, "--budget", "1us", "--strict"], capsys)
+    assert code == 1
+    code, _, _ = run_cli(["verify", "--device", "cpu", "--model", onnx_file, "--budget", "1us"], capsys)
+    assert code == 0
+
+
+def test_export_commands(quickstart_dir, capsys, tmp_path):
+    code, stdout, err = run_cli(["export", "--subnet", quickstart_dir / "subnet.pt", "--onnx", tmp_path / "m.onnx",
+                                 "--dynamic-batch", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["onnx"]["max_abs_diff"] < 1e-4
+    code, _, err = run_cli(["export", "--subnet", quickstart_dir / "subnet.pt", "--onnx", tmp_path / "t.onnx", "--trt",
+                            "--fp16"], capsys)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert code == 2 and "pip install tensorrt" in err and err.count("\n") == 1
+    code, _, err = run_cli(["export", "--onnx", tmp_path / "x.onnx"], capsys)
+    assert code == 2 and "--search" in err
+
+
+def test_devices_json(capsys):
+    code, stdout, _ = run_cli(["devices", "--json"], capsys)
+    profiles = json.loads(stdout)
+    assert code == 0 and {"cpu", "gpu", "jetson-orin-nano", "jetson-orin-agx", "jetson-xavier-nx"} <= set(profiles)
+    assert profiles["cpu"]["threads"] == 1
+
+
+def test_unknown_device(capsys):
+    code, _, err = run_cli(["profile", "--device", "tpu", "--model", "resnet20"], capsys)
+    assert code == 2 and "tpu" in err
