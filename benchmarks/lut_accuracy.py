@@ -19,7 +19,7 @@ from pathlib import Path
 from hwbcnet.hardware.lut import lut_path
 from hwbcnet.hardware.profiler import build_lut
 from hwbcnet.hardware.profiles import load_profile
-from hwbcnet.hardware.validate import calibrate_lut, validate_lut
+from hwbcnet.costs.calibration import calibrate_lut, validate_lut
 from hwbcnet.space import build_space
 
 
@@ -61,6 +61,27 @@ def main() -> None:
         print(f"{r['model']:<12} {r['cells']:>6} {r['lut_build_s']:>8.1f} {r['mdape']:>8.2f} {100 * r['within5']:>5.0f}% "
               f"{100 * r['within10']:>5.0f}% {r['spearman']:>9.3f} {r['kendall']:>8.3f}")
     print(json.dumps(results, indent=1))
+    write_report(results, args)
+
+
+def write_report(results: list[dict], args) -> None:
+    from _report import RESULTS, markdown_table, write_section
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"lut_accuracy_{args.device}.json").write_text(json.dumps(results, indent=1))
+    rows = [[r["model"], r["bins"], r["cells"], r["unstable_cells"], f"{r['lut_build_s']:.0f}",
+             f"{r['calibration']['a_ms']:.4f} + {r['calibration']['b']:.3f} x sum", f"{r['mdape']:.2f}",
+             f"{100 * r['within5']:.0f}", f"{100 * r['within10']:.0f}", f"{r['spearman']:.3f}", f"{r['kendall']:.3f}"]
+            for r in results]
+    write_section(f"LUT accuracy ({args.device})", (
+        f"`python benchmarks/lut_accuracy.py --device {args.device} --calibrate {args.calibrate} --samples "
+        f"{args.samples} --repeats {args.repeats}`: build the LUT, calibrate T = a + b x sum(cells) on "
+        f"{args.calibrate} measured subnets (full, min, random), then predict and measure {args.samples} other random "
+        f"subnets end to end ({args.repeats} interleaved rounds, median). Targets (issue 4): >= 95 % within +-10 %, "
+        f"MdAPE <= 5 %, Spearman >= 0.95, resnet20 LUT <= 5 min. Machine: the 2-core development VM, ONNX Runtime "
+        f"1 intra-op thread.\n\n"
+        + markdown_table(["model", "N", "cells", "unstable", "build s", "calibration (ms)", "MdAPE %", "within 5 %",
+                          "within 10 %", "Spearman", "Kendall"], rows)))
 
 
 if __name__ == "__main__":

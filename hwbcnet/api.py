@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from hwbcnet.costs.flops import flops_cost, params_cost
 from hwbcnet.space.space import WidthSpace

@@ -57,7 +57,10 @@ def info(
     """Widths per variable, FLOPs, params (and predicted latency with --device) of an arch (default: full width)."""
     from hwbcnet.api import describe_arch
 
-    space = _space(model, bins, min_bins, resolution, width_mult)
+    if device is not None:  # the LUT's space: at the resolution the device profile fixes, if it fixes one
+        _, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+    else:
+        space = _space(model, bins, min_bins, resolution, width_mult)
     result = describe_arch(space, arch or "full", device=device, lut_path=lut)
     if as_json:
         print(json.dumps(result))
@@ -84,7 +87,7 @@ def train(
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
     width_mult: float = WidthMultOpt,
-    batch_size: int = typer.Option(32, "--batch-size"),
+    batch_size: int = typer.Option(32, "--batch-size", help="Global batch (split evenly over torchrun processes)."),
     lr: float = typer.Option(0.05, "--lr"),
     weight_decay: float = typer.Option(5e-4, "--weight-decay"),
     seed: int = typer.Option(0, "--seed"),
@@ -260,7 +263,7 @@ def profile(
 ):
     """Time every cell the model's width space can produce on the device into a LUT (resumable: rerun after a kill)."""
     from hwbcnet.hardware.profiler import build_lut
-    from hwbcnet.hardware.validate import lut_summary
+    from hwbcnet.hardware.report import lut_summary
     from hwbcnet.reporting import console, table
 
     prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
@@ -289,7 +292,7 @@ def lut_calibrate(
     seed: int = typer.Option(0, "--seed"),
 ):
     """Fit the per-device calibration T = a + b * sum(cells) on measured subnets and store it in the LUT."""
-    from hwbcnet.hardware.validate import calibrate_lut
+    from hwbcnet.costs.calibration import calibrate_lut
     from hwbcnet.reporting import console
 
     prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
@@ -315,7 +318,7 @@ def lut_validate(
 ):
     """Measure random subnets end to end and compare with the LUT prediction (MdAPE, +-5/10 %, Spearman, Kendall)."""
     from hwbcnet.hardware.lut import lut_path as default_lut_path
-    from hwbcnet.hardware.validate import validate_lut
+    from hwbcnet.costs.calibration import validate_lut
 
     prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
     path = lut or default_lut_path(prof.name, space.model, space.resolution, prof.batch)
@@ -349,7 +352,7 @@ def lut_show(
     """Summarise a LUT and write a latency heat-map PNG (cell time over input x output widths per layer)."""
     from hwbcnet.hardware.lut import Lut
     from hwbcnet.hardware.lut import lut_path as default_lut_path
-    from hwbcnet.hardware.validate import lut_heatmap, lut_summary
+    from hwbcnet.hardware.report import lut_heatmap, lut_summary
 
     prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
     path = lut or default_lut_path(prof.name, space.model, space.resolution, prof.batch)

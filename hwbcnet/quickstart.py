@@ -45,7 +45,7 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
     from hwbcnet.hardware.lut import Lut, lut_path
     from hwbcnet.hardware.profiler import build_lut
     from hwbcnet.hardware.profiles import load_profile
-    from hwbcnet.hardware.validate import calibrate_lut
+    from hwbcnet.costs.calibration import calibrate_lut
     from hwbcnet.search.evolution import EvolutionConfig
     from hwbcnet.search.extract import extract_subnet, finetune_subnet, load_subnet
     from hwbcnet.search.runner import load_search, run_search

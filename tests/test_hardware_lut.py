@@ -160,3 +160,23 @@ def test_fake_backend_cost_model():
 
     model = onnx.load_from_string(cell_onnx(CellKey("add", 6, 6, 4, 4, act="relu"), 1, "fp32", copies=2))
     assert per_copy_ms(model) == pytest.approx(0.012)
+
+
+def test_expected_latency_matches_monte_carlo(tmp_path):
+    """LatencyCost.expectation (what the search prior aims at a latency budget) is the exact mean under independent
+    per-variable width distributions."""
+    import torch
+
+    from hwbcnet.search.prior import sample_from_prior
+
+    space, profile = TinySpace(), fast_profile()
+    lut = Lut.new(tmp_path / "known.json", space, profile, {"device": "x"})
+    rng = np.random.default_rng(2)
+    for cell in enumerate_cells(space):
+        lut.cells[lut.key(cell)] = {"median_ms": float(rng.uniform(0.001, 1.0)), "stable": True}
+    lut.set_calibration(0.25, 1.5, [], {})
+    cost = LatencyCost(space, lut)
+    probs = rng.dirichlet(np.ones(space.bins - space.min_bins + 1), size=space.num_vars)
+    expected = float(cost.expectation(torch.as_tensor(probs)))
+    draws = sample_from_prior(space, probs, rng, 200_000)
+    assert cost(draws).mean() == pytest.approx(expected, rel=5e-3)

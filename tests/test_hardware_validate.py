@@ -5,7 +5,8 @@ from hardware_fakes import FakeBackend, fast_profile
 from hwbcnet.hardware.cells import enumerate_cells
 from hwbcnet.hardware.lut import Lut
 from hwbcnet.hardware.timing import summarize
-from hwbcnet.hardware.validate import accuracy, calibrate_lut, lut_heatmap, lut_summary, validate_lut
+from hwbcnet.costs.calibration import accuracy, calibrate_lut, validate_lut
+from hwbcnet.hardware.report import lut_heatmap, lut_summary
 from hwbcnet.space import build_space
 
 A_MS, B = 0.25, 1.5

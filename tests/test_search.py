@@ -10,7 +10,7 @@ from hwbcnet.errors import HwbcnetError
 from hwbcnet.search.cbm_bench import run_cbm_bench
 from hwbcnet.search.constraints import Constraints
 from hwbcnet.search.evolution import EvolutionConfig, EvolutionSearch
-from hwbcnet.search.prior import expected_quadratic, fit_prior, initial_population, loss_table
+from hwbcnet.search.prior import fit_prior, initial_population, loss_table
 from hwbcnet.space import build_space
 
 
@@ -105,7 +105,7 @@ def test_prior_reaches_budget_in_expectation_and_population_is_legal():
     rng = np.random.default_rng(0)
     records = [(float(rng.random()), space.random_archs(rng, 1)[0].tolist()) for _ in range(100)]
     probs = fit_prior(space, constraints, records)
-    expected = float(expected_quadratic(flops, space, torch.as_tensor(probs)))
+    expected = float(flops.expectation(torch.as_tensor(probs)))
     assert abs(expected / constraints.items[0].high - 1) <= 0.10
     # the exact expectation agrees with Monte Carlo
     from hwbcnet.search.prior import sample_from_prior
@@ -134,3 +134,18 @@ def test_bench_cbm_evolution_no_worse_than_random():
         assert methods[name]["regret_mean"] <= methods["random"]["regret_mean"]
         assert methods[name]["rank_mean"] >= 1
     assert result["best_in_budget"] >= max(max(m["picks"]) for m in methods.values())
+
+
+def test_supernet_ranking_against_channel_bench_macro(tmp_path):
+    """`bench cbm --checkpoint`: a cbm-* supernet scores archs and is correlated with the benchmark's accuracy."""
+    from hwbcnet.search.cbm_bench import supernet_ranking
+    from hwbcnet.training.trainer import TrainConfig, train_supernet
+
+    config = TrainConfig(model="cbm-mobilenet", data="synthetic:200", principle="bcnet", width_mult=1 / 32,
+                         resolution=8, epochs=1, batch_size=20, max_steps_per_epoch=2)
+    checkpoint = train_supernet(config, tmp_path, progress=False).checkpoint
+    result = supernet_ranking(str(checkpoint), "mobilenet", limit=12, calibration_batches=1)
+    assert result["archs"] == 12
+    assert -1.0 <= result["kendall_tau"] <= 1.0 and -1.0 <= result["spearman_rho"] <= 1.0
+    with pytest.raises(HwbcnetError, match="cbm-mobilenet supernet, not cbm-resnet"):
+        supernet_ranking(str(checkpoint), "resnet", limit=2)

@@ -20,3 +20,8 @@ class Cost(Protocol):
     def __call__(self, archs: np.ndarray) -> np.ndarray:
         """archs: int array (n, V) of bins. Returns float64 array (n,)."""
         ...
+
+
+# Optional: a cost may also define `expectation(probs) -> torch scalar`, its exact expected value when each variable's
+# width is drawn independently from probs (a (V, N-m+1) torch tensor over widths m..N). The search prior then aims
+# that cost at its budget; costs without it are enforced by the legality window alone.

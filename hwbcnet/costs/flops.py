@@ -53,6 +53,18 @@ class QuadraticCost:
         self.Q = Q
         self.full = float(self(space.full_arch())[0])
 
+    def expectation(self, probs):
+        """Exact E[x^T Q x] (torch scalar, differentiable) for independent widths drawn from probs (V, N-m+1)."""
+        import torch
+
+        channels = torch.as_tensor(self.space.channel_table()[:, self.space.min_bins:], dtype=probs.dtype)
+        mean = (probs * channels).sum(1)
+        second = (probs * channels**2).sum(1)
+        Q = torch.as_tensor(self.Q, dtype=probs.dtype)
+        x = torch.cat([mean, torch.ones(1, dtype=probs.dtype)])
+        # the diagonal needs E[x_i^2], not E[x_i]^2
+        return x @ Q @ x + (torch.diagonal(Q)[: self.space.num_vars] * (second - mean**2)).sum()
+
     def __call__(self, archs: np.ndarray) -> np.ndarray:
         x = self.space.arch_channels(np.asarray(archs)).astype(np.float64)
         x = np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)

@@ -69,6 +69,23 @@ class LatencyCost:
     def __call__(self, archs) -> np.ndarray:
         return self.a + self.b * self.cell_sum(archs)
 
+    def expectation(self, probs):
+        """Exact expected latency (torch scalar, differentiable) when each variable's width is drawn independently
+        from probs (V, N-m+1) over m..N: per layer sum_ab p_in(a) p_out(b) T[a, b] (the diagonal where input and
+        output are one variable). Lets the search prior aim at a latency budget."""
+        import torch
+
+        space, size = self.space, self._size
+        full = torch.zeros(space.num_vars + 1, size, dtype=probs.dtype)
+        full[: space.num_vars, space.min_bins:] = probs
+        full[space.num_vars, space.bins] = 1.0  # fixed channel counts sit at bin N
+        tables = torch.as_tensor(np.nan_to_num(self._flat.reshape(-1, size, size)), dtype=probs.dtype)
+        p_in, p_out = full[self._in_col], full[self._out_col]
+        same = torch.as_tensor(self._in_col == self._out_col)
+        cross = torch.einsum("la,lab,lb->l", p_in, tables, p_out)
+        diagonal = (p_in * torch.diagonal(tables, dim1=1, dim2=2)).sum(1)
+        return self.a + self.b * torch.where(same, diagonal, cross).sum()
+
 
 def fit_calibration(predicted_sums, measured_ms) -> tuple[float, float, dict]:
     """Least-squares T = a + b * sum. Returns (a, b, residual statistics of the fit in ms and %)."""

@@ -27,6 +27,7 @@ import onnx
 from hwbcnet.errors import HwbcnetError, MissingRuntimeError
 from hwbcnet.export.onnx_export import load_onnx, read_export_metadata
 from hwbcnet.fileio import atomic_write_bytes, atomic_write_json, file_sha256
+from hwbcnet.supernet.onnx import to_fp16
 
 PRECISIONS = ("fp32", "fp16", "int8")
 ENGINE_KIND = "hwbcnet.engine"
@@ -66,15 +67,6 @@ def with_static_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
         dim.dim_value = batch
     del model.graph.value_info[:]
     return onnx.shape_inference.infer_shapes(model, strict_mode=True)
-
-
-def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with float16 inputs, outputs, weights and activations, as a strongly typed fp16 engine needs."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    converted = convert_float_to_float16(copy.deepcopy(model), keep_io_types=False)
-    onnx.checker.check_model(converted)
-    return converted
 
 
 def calibration_plan(images: int, batch: int) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """Evolutionary width search (BCNetV2 defaults): population 50, 40 generations, top-10 elitist archive, 25 mutations
-(each gene resampled from the prior with p=0.1) and 25 uniform crossovers per generation; illegal or already-seen
+(each gene resampled with p=0.1 from the prior, mixed 80/20 with uniform so no width is unreachable) and 25 uniform
+crossovers per generation; illegal or already-seen
 children are rejected and redrawn. Fitness is any callable over a batch of archs (the supernet's BC score, or a
 benchmark's ground truth), cached per arch. The state is saved after every generation, so a killed search resumes
 and ends exactly where an uninterrupted one would."""
@@ -30,6 +31,7 @@ class EvolutionConfig:
     mutations: int = 25
     crossovers: int = 25
     mutation_prob: float = 0.1
+    mutation_uniform: float = 0.2  # share of mutated genes drawn uniformly instead of from the prior (exploration)
     tries_factor: int = 10  # at most tries_factor x mutations (crossovers) attempts per generation
     max_queries: int | None = None  # stop after this many distinct fitness evaluations
 
@@ -96,10 +98,11 @@ class EvolutionSearch:
         return True
 
     # -- operators ---------------------------------------------------------------------------------------------
-    def _draw(self, n: int) -> np.ndarray:
+    def _draw(self, n: int, uniform_share: float = 0.0) -> np.ndarray:
         if self.probs is None:
             return self.space.random_archs(self.rng, n)
-        return sample_from_prior(self.space, self.probs, self.rng, n)
+        probs = (1 - uniform_share) * self.probs + uniform_share / self.probs.shape[1]
+        return sample_from_prior(self.space, probs, self.rng, n)
 
     def _accept(self, child: np.ndarray) -> bool:
         key = tuple(int(c) for c in child)
@@ -115,7 +118,8 @@ class EvolutionSearch:
                 break
             parent = np.array(self.top[self.rng.integers(len(self.top))][0])
             resample = self.rng.random(self.space.num_vars) < cfg.mutation_prob
-            child = np.where(resample, self._draw(1)[0], parent)
+            # a prior that is sharp for some variable would make widths it disfavours unreachable by mutation alone
+            child = np.where(resample, self._draw(1, self.config.mutation_uniform)[0], parent)
             if self._accept(child):
                 children.append(child)
         return children

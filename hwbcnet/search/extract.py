@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -25,7 +24,6 @@ from hwbcnet.errors import HwbcnetError
 from hwbcnet.fileio import atomic_torch_save, file_sha256
 from hwbcnet.space.space import build_space
 from hwbcnet.supernet.extract import build_standalone
-from hwbcnet.supernet.principles import LEFT
 from hwbcnet.supernet.supernet import plain_module, rematerialize
 
 KIND = "hwbcnet.subnet"

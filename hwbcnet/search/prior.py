@@ -3,8 +3,8 @@
 E[i, w] is the mean recorded training loss of the kept (lowest-loss) records in which variable i had width w
 (unseen widths get the largest observed loss). Each variable gets a categorical distribution p_i = softmax(theta_i)
 over {m..N}, fitted to minimise  mean_i sum_w p_i(w) E[i,w] + lambda * sum_costs (1 - E_p[cost] / target)^2,
-where E_p[cost] is the *exact* expectation of each budgeted cost that can provide one (FLOPs/params: a quadratic
-form in independent channel counts) and the target sits at the budget, a quarter window below it (0.95 x budget for
+where E_p[cost] is the *exact* expectation of each budgeted cost that can provide one (`cost.expectation`: FLOPs and
+params are quadratic forms in independent channel counts, LUT latency a sum of per-layer cell tables) and the target sits at the budget, a quarter window below it (0.95 x budget for
 the default window [0.8, 1] x budget), with no 0.4x fudge factor: draws then land mostly inside the window.
 """
 
@@ -32,19 +32,6 @@ def loss_table(space: WidthSpace, records: list) -> np.ndarray:
     return np.where(seen, means, worst)
 
 
-def expected_quadratic(cost, space: WidthSpace, probs: torch.Tensor) -> torch.Tensor:
-    """E[x^T Q x] for independent categorical variables (x = channel counts, 1)."""
-    channels = torch.as_tensor(space.channel_table()[:, space.min_bins:], dtype=probs.dtype)
-    mean = (probs * channels).sum(1)
-    second = (probs * channels**2).sum(1)
-    Q = torch.as_tensor(cost.Q, dtype=probs.dtype)
-    V = space.num_vars
-    x = torch.cat([mean, torch.ones(1, dtype=probs.dtype)])
-    cross = x @ Q @ x
-    # the diagonal needs E[x_i^2], not E[x_i]^2
-    return cross + (torch.diagonal(Q)[:V] * (second - mean**2)).sum()
-
-
 def fit_prior(space: WidthSpace, constraints: Constraints, records: list, steps: int = 600, lam: float = 100.0,
               seed: int = 0) -> np.ndarray:
     """(V, K) probabilities over widths m..N."""
@@ -52,13 +39,13 @@ def fit_prior(space: WidthSpace, constraints: Constraints, records: list, steps:
     E = torch.as_tensor(loss_table(space, records) if records else np.zeros((space.num_vars, len(space.choices))))
     E = E / E.abs().max().clamp(min=1e-12)  # scale-free, so lambda means the same for every model
     theta = (0.01 * torch.randn(E.shape, generator=generator, dtype=torch.float64)).requires_grad_()
-    targets = [(c.cost, c.high - 0.25 * (c.high - c.low)) for c in constraints.items if hasattr(c.cost, "Q")]
+    targets = [(c.cost, c.high - 0.25 * (c.high - c.low)) for c in constraints.items if hasattr(c.cost, "expectation")]
     optimizer = torch.optim.Adam([theta], lr=0.05)
     for _ in range(steps):
         probs = theta.softmax(1)
         objective = (probs * E).sum(1).mean()
         for cost, target in targets:
-            objective = objective + lam * (1 - expected_quadratic(cost, space, probs) / target) ** 2
+            objective = objective + lam * (1 - cost.expectation(probs) / target) ** 2
         optimizer.zero_grad()
         objective.backward()
         optimizer.step()
