@@ -457,13 +457,14 @@ def quickstart(
     epochs: int = typer.Option(8, "--epochs", help="Supernet training epochs."),
     max_steps_per_epoch: Optional[int] = typer.Option(None, "--max-steps-per-epoch", help="Cap steps (quick runs)."),
     generations: int = typer.Option(5, "--generations", help="Search generations."),
+    resolution: int = typer.Option(32, "--resolution", help="Input resolution (digits are upsampled from 8x8)."),
     device: str = typer.Option("cpu", "--device", "-d", help="Device profile for the LUT and verification."),
 ):
     """The whole loop on the bundled digits data: train, LUT, search (latency + FLOPs), extract, export, verify."""
     from hwbcnet.quickstart import QuickstartConfig, run_quickstart
 
     run_quickstart(QuickstartConfig(out=out, epochs=epochs, max_steps_per_epoch=max_steps_per_epoch,
-                                    generations=generations, device=device))
+                                    generations=generations, resolution=resolution, device=device))
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -32,18 +32,18 @@ def quickstart_dir(tmp_path_factory):
 def test_quickstart_outputs_and_cache(quickstart_dir, capsys):
     out = quickstart_dir
     for name in ("supernet.pt", "search.json", "search-pareto.png", "subnet.pt", "model.onnx",
-                 "lut/cpu/resnet20-16-b1.json"):
+                 "lut/cpu/resnet20-32-b1.json"):
         assert (out / name).is_file(), name
     search = json.loads((out / "search.json").read_text())
     assert {b["cost"] for b in search["budgets"]} == {"latency", "flops"}
     for budget in search["budgets"]:
         value = search["costs"]["latency_ms" if budget["cost"] == "latency" else budget["cost"]]
         assert budget["low"] <= value <= budget["high"]
-    lut = json.loads((out / "lut/cpu/resnet20-16-b1.json").read_text())
+    lut = json.loads((out / "lut/cpu/resnet20-32-b1.json").read_text())
     assert lut["calibration"] is not None
     # a second run reuses every stage: no file is rewritten
     stamps = {p: os.stat(out / p).st_mtime_ns for p in ("supernet.pt", "subnet.pt", "model.onnx",
-                                                        "lut/cpu/resnet20-16-b1.json", "search.json")}
+                                                        "lut/cpu/resnet20-32-b1.json", "search.json")}
     code, stdout, _ = run_cli(["quickstart", "--out", out, "--epochs", "1", "--max-steps-per-epoch", "4",
                                "--generations", "1"], capsys)
     assert code == 0 and "cached" in stdout and "quickstart result" in stdout
@@ -51,8 +51,8 @@ def test_quickstart_outputs_and_cache(quickstart_dir, capsys):
 
 
 def test_info_predicts_latency_from_the_lut(quickstart_dir, capsys):
-    lut = quickstart_dir / "lut/cpu/resnet20-16-b1.json"
-    code, stdout, err = run_cli(["info", "--model", "resnet20", "--resolution", 16, "--bins", 4, "--min-bins", 2,
+    lut = quickstart_dir / "lut/cpu/resnet20-32-b1.json"
+    code, stdout, err = run_cli(["info", "--model", "resnet20", "--resolution", 32, "--bins", 4, "--min-bins", 2,
                                  "--device", "cpu", "--lut", lut, "--arch", "full", "--json"], capsys)
     assert code == 0, err
     result = json.loads(stdout)
@@ -62,8 +62,8 @@ def test_info_predicts_latency_from_the_lut(quickstart_dir, capsys):
 
 
 def test_lut_show_writes_heatmap(quickstart_dir, capsys, tmp_path):
-    lut = quickstart_dir / "lut/cpu/resnet20-16-b1.json"
-    code, stdout, err = run_cli(["lut", "show", "--device", "cpu", "--model", "resnet20", "--resolution", 16,
+    lut = quickstart_dir / "lut/cpu/resnet20-32-b1.json"
+    code, stdout, err = run_cli(["lut", "show", "--device", "cpu", "--model", "resnet20", "--resolution", 32,
                                  "--bins", 4, "--min-bins", 2, "--lut", lut, "--heatmap", tmp_path / "h.png", "--json"],
                                 capsys)
     assert code == 0, err
@@ -72,8 +72,8 @@ def test_lut_show_writes_heatmap(quickstart_dir, capsys, tmp_path):
 
 
 def test_lut_for_another_space_is_refused(quickstart_dir, capsys):
-    lut = quickstart_dir / "lut/cpu/resnet20-16-b1.json"
-    code, _, err = run_cli(["info", "--model", "resnet20", "--resolution", 16, "--device", "cpu", "--lut", lut], capsys)
+    lut = quickstart_dir / "lut/cpu/resnet20-32-b1.json"
+    code, _, err = run_cli(["info", "--model", "resnet20", "--resolution", 32, "--device", "cpu", "--lut", lut], capsys)
     assert code == 2 and err.count("\n") == 1
 
 
