@@ -33,6 +33,8 @@ def width_accuracy(supernet, data_spec: str, seed: int = 0, dist=None) -> list[d
     eval_data = EvalData.from_splits(load_data(data_spec, space.resolution, seed=seed), seed=seed)
     if dist is not None:
         eval_data = eval_data.shard(dist)
+    else:
+        eval_data = eval_data.to(next(supernet.parameters()).device)
     reduce = dist.sum_counts if dist is not None else None
     rows = []
     for label, arch in (("full", space.full_arch()), ("min", space.min_arch())):

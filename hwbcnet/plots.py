@@ -11,6 +11,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def save_png(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def pareto_png(path: str | Path, scores: np.ndarray, costs: dict[str, np.ndarray], chosen: int,
                windows: dict[str, tuple[float, float]], title: str) -> Path:
     """Score against each cost for every evaluated arch; the chosen arch is marked and budget windows shaded."""
@@ -33,9 +43,4 @@ def pareto_png(path: str | Path, scores: np.ndarray, costs: dict[str, np.ndarray
         ax.set_ylabel("score (val. accuracy %)")
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

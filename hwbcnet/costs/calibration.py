@@ -117,13 +117,8 @@ def validate_lut(space, profile: Profile, path: str | Path | None = None, *, sam
 
 
 def plot_predicted_vs_measured(predicted, measured, report: dict, path: str | Path) -> Path:
-    import matplotlib
+    from hwbcnet.plots import plt, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     low, high = float(min(np.min(predicted), np.min(measured))), float(max(np.max(predicted), np.max(measured)))
     line = np.array([low * 0.95, high * 1.05])
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -135,10 +130,4 @@ def plot_predicted_vs_measured(predicted, measured, report: dict, path: str | Pa
     ax.set_title(f"{report['model']} on {report['device']}: MdAPE {report['mdape']:.1f} %, "
                  f"±10 % {100 * report['within10']:.0f} %, ρ {report['spearman']:.3f}", fontsize=9)
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-# ------------------------------------------------------------------------------------------------ lut show
+    return save_png(fig, path, dpi=120)

@@ -51,10 +51,7 @@ def lut_summary(lut: Lut) -> dict:
 def lut_heatmap(lut: Lut, path: str | Path, max_panels: int = 6) -> Path:
     """A PNG with one heat map of cell latency over (c_in, c_out) per convolution shape (kernel, stride,
     activation, size), for the shapes with the most cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from hwbcnet.plots import plt, save_png
 
     groups: dict[tuple, dict[tuple[int, int], float]] = {}
     for key, entry in lut.cells.items():
@@ -86,9 +83,4 @@ def lut_heatmap(lut: Lut, path: str | Path, max_panels: int = 6) -> Path:
         ax.set_ylabel("c_out")
         fig.colorbar(image, ax=ax, label="µs")
     fig.suptitle(f"{lut.data['model']} on {lut.data['device']} ({lut.settings_tag})", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

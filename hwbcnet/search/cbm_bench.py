@@ -106,7 +106,7 @@ def supernet_ranking(checkpoint: str, space_name: str, data: str | None = None, 
 
     from hwbcnet.data import load_data
     from hwbcnet.training.scoring import EvalData, score_arch
-    from hwbcnet.training.trainer import load_supernet
+    from hwbcnet.training.trainer import default_device, load_supernet
 
     supernet, payload = load_supernet(checkpoint)
     if supernet.space.model != SPACES[space_name]:
@@ -117,7 +117,9 @@ def supernet_ranking(checkpoint: str, space_name: str, data: str | None = None, 
     if limit is not None:
         archs = archs[np.random.default_rng(seed).permutation(len(archs))[:limit]]
     splits = load_data(data or payload["config"]["data"], space.resolution, seed=payload["config"]["seed"])
-    eval_data = EvalData.from_splits(splits, calibration_batches=calibration_batches, seed=seed)
+    device = default_device()
+    supernet.to(device)
+    eval_data = EvalData.from_splits(splits, calibration_batches=calibration_batches, seed=seed).to(device)
     scores = []
     for i, arch in enumerate(archs):
         scores.append(score_arch(supernet, arch, eval_data)["score"])

@@ -69,7 +69,7 @@ def run_search(checkpoint: str | Path, out: str | Path, *, flops=None, params=No
                dist=None) -> dict:
     from hwbcnet.data import load_data
     from hwbcnet.training.scoring import EvalData
-    from hwbcnet.training.trainer import load_supernet
+    from hwbcnet.training.trainer import default_device, load_supernet
 
     if init not in ("prior", "random"):
         raise HwbcnetError(f"--init {init!r}: choose prior or random")
@@ -89,6 +89,10 @@ def run_search(checkpoint: str | Path, out: str | Path, *, flops=None, params=No
         supernet.to(dist.device)
         dist.sync_batchnorm(supernet)
         eval_data, reduce = eval_data.shard(dist), dist.sum_counts
+    else:
+        compute = default_device()
+        supernet.to(compute)
+        eval_data = eval_data.to(compute)
     details: dict = {}
     out = Path(out)
     config = evolution or EvolutionConfig()

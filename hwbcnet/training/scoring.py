@@ -30,6 +30,10 @@ class EvalData:
         validation = [(x, y) for x, y in splits.loader("val", 256)]
         return cls(calibration, validation)
 
+    def to(self, device) -> "EvalData":
+        return EvalData([x.to(device) for x in self.calibration],
+                        [(x.to(device), y.to(device)) for x, y in self.validation])
+
     def shard(self, dist) -> "EvalData":
         """This rank's share of every batch; BN statistics and counts are then all-reduced (see score_arch)."""
         return EvalData([dist.shard(x) for x in self.calibration],

@@ -81,6 +81,11 @@ def load_supernet(path: str | Path) -> tuple[SuperNet, dict]:
     return supernet.eval(), payload
 
 
+def default_device() -> torch.device:
+    """One process: the first GPU when there is one (torchrun gives each rank its own instead)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _lr_at(step: int, total: int, base: float) -> float:
     return 0.5 * base * (1.0 + math.cos(math.pi * step / max(total, 1)))
 
@@ -91,7 +96,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.checkpoint_path = self.out_dir / "supernet.pt"
         self.dist = dist  # hwbcnet.training.distributed.DistContext or None
-        self.device = dist.device if dist is not None else torch.device("cpu")
+        self.device = dist.device if dist is not None else default_device()
         res = config.resolution or build_space(config.model).resolution
         self.data = load_data(config.data, res, seed=config.seed)
         self.space = config.resolved_space(self.data.num_classes)
@@ -101,9 +106,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.supernet = SuperNet(self.space, self.principle)
         if dist is not None:
-            self.model = dist.wrap(self.supernet)
+            self.model = dist.wrap(self.supernet)  # moves it to the rank's device
         else:
-            self.model = self.supernet
+            self.model = self.supernet.to(self.device)
         self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay, nesterov=True)
         self.sampler = ComplementarySampler(self.space, self.principle, config.seed + 1)
