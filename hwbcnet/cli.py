@@ -312,6 +312,8 @@ def lut_validate(
     lut: Optional[Path] = LutOpt,
     samples: int = typer.Option(50, "--samples", help="Random subnets to predict and measure."),
     repeats: int = typer.Option(3, "--repeats", help="Interleaved measurement rounds per subnet (median)."),
+    calibrate: int = typer.Option(0, "--calibrate", help="Refit the calibration on this many extra subnets measured "
+                                  "in the same rounds (robust to a machine whose speed drifts between runs)."),
     seed: int = typer.Option(1, "--seed"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Predicted-vs-measured PNG (default: next to the LUT)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
@@ -323,8 +325,8 @@ def lut_validate(
     prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
     path = lut or default_lut_path(prof.name, space.model, space.resolution, prof.batch)
     plot = plot or Path(path).with_name(Path(path).stem + "-validate.png")
-    report = validate_lut(space, prof, path, samples=samples, repeats=repeats, seed=seed, plot=plot,
-                          progress=not as_json)
+    report = validate_lut(space, prof, path, samples=samples, repeats=repeats, seed=seed, calibrate=calibrate,
+                          plot=plot, progress=not as_json)
     if as_json:
         print(json.dumps(report))
         return

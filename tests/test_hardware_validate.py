@@ -75,3 +75,17 @@ def test_summary_and_heatmap(space, lut, tmp_path):
     assert summary["slowest"][0]["median_ms"] == pytest.approx(0.064)
     png = lut_heatmap(Lut.load(lut.path), tmp_path / "heat.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_validation_with_calibration_measured_in_the_same_rounds(space, lut):
+    """`lut validate --calibrate k`: the fit uses k extra subnets measured interleaved with the validation ones."""
+    profile = fast_profile()
+    backend = ConvCountingBackend()
+    assert Lut.load(lut.path).calibration is None
+    report = validate_lut(space, profile, lut.path, samples=5, repeats=2, calibrate=4, backend=backend,
+                          progress=False)
+    assert backend.calls == (5 + 4) * 2
+    assert report["calibrated_together"] == 4 and len(report["rows"]) == 5
+    assert report["mdape"] == pytest.approx(0.0, abs=1e-9)
+    stored = Lut.load(lut.path).calibration
+    assert (stored["a_ms"], stored["b"]) == pytest.approx((A_MS, B)) and stored["n"] == 4

@@ -53,19 +53,15 @@ def _load(space, profile: Profile, path: str | Path | None) -> Lut:
     return Lut.load(path, space=space, profile=profile)
 
 
-def calibrate_lut(space, profile: Profile, path: str | Path | None = None, *, samples: int = 12, seed: int = 0,
-                  repeats: int = 1, backend: Backend | None = None, progress: bool = True) -> dict:
-    """Measure `samples` subnets (the full and the minimum arch plus random ones), fit T = a + b * sum of cells by
-    least squares and store it in the LUT. Returns the calibration record."""
+def _calibration_archs(space, samples: int, seed: int) -> np.ndarray:
+    """The full and the minimum arch plus random ones: the fit spans the whole latency range."""
     if samples < 3:
         raise HwbcnetError("calibration needs at least 3 measured subnets")
-    lut = _load(space, profile, path)
-    cost = LatencyCost(space, lut)
-    archs = np.concatenate([space.full_arch()[None], space.min_arch()[None],
-                            space.random_archs(np.random.default_rng(seed), samples - 2)])
-    measured = np.median(measure_archs(space, profile, archs, repeats=repeats, seed=seed, backend=backend,
-                                       progress=progress), axis=1)
-    sums = cost.cell_sum(archs)
+    return np.concatenate([space.full_arch()[None], space.min_arch()[None],
+                           space.random_archs(np.random.default_rng(seed), samples - 2)])
+
+
+def _store_calibration(lut: Lut, space, archs: np.ndarray, sums: np.ndarray, measured: np.ndarray) -> dict:
     if np.unique(sums).size < 2:
         raise HwbcnetError(f"the {space.model} space gives every calibration subnet the same predicted latency; "
                            "calibration needs a space with more than one width per variable")
@@ -75,6 +71,17 @@ def calibrate_lut(space, profile: Profile, path: str | Path | None = None, *, sa
     lut.set_calibration(a, b, fitted_on, residuals)
     lut.save()
     return lut.calibration
+
+
+def calibrate_lut(space, profile: Profile, path: str | Path | None = None, *, samples: int = 12, seed: int = 0,
+                  repeats: int = 1, backend: Backend | None = None, progress: bool = True) -> dict:
+    """Measure `samples` subnets (the full and the minimum arch plus random ones), fit T = a + b * sum of cells by
+    least squares and store it in the LUT. Returns the calibration record."""
+    archs = _calibration_archs(space, samples, seed)
+    lut = _load(space, profile, path)
+    measured = np.median(measure_archs(space, profile, archs, repeats=repeats, seed=seed, backend=backend,
+                                       progress=progress), axis=1)
+    return _store_calibration(lut, space, archs, LatencyCost(space, lut).cell_sum(archs), measured)
 
 
 def accuracy(predicted, measured) -> dict:
@@ -94,18 +101,28 @@ def accuracy(predicted, measured) -> dict:
 
 
 def validate_lut(space, profile: Profile, path: str | Path | None = None, *, samples: int = 50, seed: int = 1,
-                 repeats: int = 3, plot: str | Path | None = None, backend: Backend | None = None,
+                 repeats: int = 3, calibrate: int = 0, plot: str | Path | None = None, backend: Backend | None = None,
                  progress: bool = True) -> dict:
     """Predict and measure `samples` random subnets. Returns the accuracy metrics, per-sample rows and, with
-    `plot`, the path of a predicted-vs-measured PNG. Uses the calibration when the LUT has one."""
+    `plot`, the path of a predicted-vs-measured PNG. Uses the LUT's calibration; with `calibrate` = k > 0, first
+    refits it on k more subnets measured in the same interleaved rounds as the validation subnets, so that a machine
+    whose speed drifts between a calibration run and a validation run (shared VMs: 3-10 % within minutes, measured)
+    does not bias the comparison; the new calibration is stored in the LUT."""
     lut = _load(space, profile, path)
     cost = LatencyCost(space, lut)
     archs = space.random_archs(np.random.default_rng(seed), samples)
-    times = measure_archs(space, profile, archs, repeats=repeats, seed=seed, backend=backend, progress=progress)
+    calibration_archs = _calibration_archs(space, calibrate, seed + 1000) if calibrate else archs[:0]
+    times = measure_archs(space, profile, np.concatenate([calibration_archs, archs]), repeats=repeats, seed=seed,
+                          backend=backend, progress=progress)
     measured = np.median(times, axis=1)
+    if calibrate:
+        _store_calibration(lut, space, calibration_archs, cost.cell_sum(calibration_archs), measured[:calibrate])
+        cost = LatencyCost(space, lut)
+        times, measured = times[calibrate:], measured[calibrate:]
     predicted = cost(archs)
     report = {"model": space.model, "device": profile.name, "lut": str(lut.path), "samples": samples,
-              "repeats": repeats, "calibrated": cost.calibrated, **accuracy(predicted, measured)}
+              "repeats": repeats, "calibrated": cost.calibrated, "calibrated_together": calibrate,
+              **accuracy(predicted, measured)}
     report["rows"] = [
         {"arch": space.format_arch(arch), "predicted_ms": float(p), "measured_ms": float(m),
          "error_pct": float(100.0 * (p - m) / m), "measured_rounds_ms": [float(t) for t in row]}
