@@ -75,10 +75,5 @@ class SuperNet(nn.Module):
         self.ranges.ranges = self.path_ranges(arch, path)
         return self
 
-    def activate_full(self) -> "SuperNet":
-        """The whole supernet (all B groups): only meaningful for initialisation checks and debugging."""
-        self.ranges.ranges = [(0, c) for c in self.ranges.full]
-        return self
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

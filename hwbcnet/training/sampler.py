@@ -56,9 +56,5 @@ class LossRecords:
             self.records.sort(key=lambda r: r[0])
             del self.records[self.capacity:]
 
-    def merge(self, records) -> None:
-        for loss, arch in records:
-            self.add(loss, arch)
-
     def to_list(self) -> list:
         return [[loss, arch] for loss, arch in self.records]
