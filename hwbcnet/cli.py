@@ -323,7 +323,7 @@ def lut_validate(
     from hwbcnet.costs.calibration import validate_lut
 
     prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
-    path = lut or default_lut_path(prof.name, space.model, space.resolution, prof.batch)
+    path = lut or default_lut_path(prof.name, space.slug, space.resolution, prof.batch)
     plot = plot or Path(path).with_name(Path(path).stem + "-validate.png")
     report = validate_lut(space, prof, path, samples=samples, repeats=repeats, seed=seed, calibrate=calibrate,
                           plot=plot, progress=not as_json)
@@ -357,7 +357,7 @@ def lut_show(
     from hwbcnet.hardware.report import lut_heatmap, lut_summary
 
     prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
-    path = lut or default_lut_path(prof.name, space.model, space.resolution, prof.batch)
+    path = lut or default_lut_path(prof.name, space.slug, space.resolution, prof.batch)
     table_ = Lut.load(path, space=space, profile=prof)
     summary = lut_summary(table_)
     summary["heatmap"] = str(lut_heatmap(table_, heatmap or Path(path).with_name(Path(path).stem + "-heatmap.png")))

@@ -70,7 +70,7 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
     started = _stage(f"2/6 latency LUT on device '{config.device}' (measures only missing cells)")
     profile = load_profile(config.device)
     space = train_config.resolved_space(10)
-    lut_file = lut_path(profile.name, space.model, space.resolution, profile.batch, root=out / "lut")
+    lut_file = lut_path(profile.name, space.slug, space.resolution, profile.batch, root=out / "lut")
     build_lut(space, profile, lut_file)
     if Lut.load(lut_file, space=space, profile=profile).calibration is None:
         calibrate_lut(space, profile, lut_file, samples=config.calibration_samples, repeats=2)

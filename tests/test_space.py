@@ -26,15 +26,15 @@ def test_mobilenetv2_depthwise_follows_expansion_and_counts_match_bcnetv2():
         expand = next(v for v in space.variables if v.name == f"blocks.{index}.expand.0")
         assert f"blocks.{index}.depthwise.0" in expand.members
     for layer in space.layers:
-        if layer.kind == "conv" and layer.depthwise:
-            assert layer.in_var == layer.out_var
+        if layer.kind == "conv" and layer.group_width == 1:
+            assert layer.inputs == layer.outputs and len(layer.axes) == 1
 
 
 def test_resnet50_has_37_variables_and_classifier_is_fixed():
     space = build_space("resnet50", resolution=64)
     assert space.num_vars == 37
     fc = next(layer for layer in space.layers if layer.kind == "linear")
-    assert fc.out_var is None and fc.out_channels == 10
+    assert fc.outputs.is_fixed and fc.outputs.size == 10
 
 
 @pytest.mark.parametrize("name", list(MODELS))

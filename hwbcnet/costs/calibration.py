@@ -49,7 +49,7 @@ def measure_archs(space, profile: Profile, archs: np.ndarray, *, repeats: int = 
 
 
 def _load(space, profile: Profile, path: str | Path | None) -> Lut:
-    path = Path(path) if path else lut_path(profile.name, space.model, space.resolution, profile.batch)
+    path = Path(path) if path else lut_path(profile.name, space.slug, space.resolution, profile.batch)
     return Lut.load(path, space=space, profile=profile)
 
 

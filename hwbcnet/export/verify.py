@@ -86,18 +86,15 @@ def predict_latency(metadata: dict, profile, lut_path: str | Path | None = None)
     from hwbcnet.costs.latency import LatencyCost
     from hwbcnet.hardware.lut import Lut
     from hwbcnet.hardware.lut import lut_path as default_lut_path
-    from hwbcnet.space import build_space
+    from hwbcnet.space import space_from_description
 
     if not metadata:
         return None, "the ONNX file has no hwbcnet metadata (export it with `hwbcnet export`)"
-    described = metadata["space"]
-    space = build_space(described["model"], bins=described["bins"], min_bins=described["min_bins"],
-                        resolution=described["resolution"], width_mult=described["width_mult"],
-                        num_classes=described["num_classes"])
+    space = space_from_description(metadata["space"])
     if space.fingerprint() != metadata.get("space_fingerprint"):
         return None, f"the {space.model} definition changed since this model was exported; re-export it"
     arch = space.arch_from_json(metadata["arch"])
-    path = Path(lut_path) if lut_path else default_lut_path(profile.name, space.model, space.resolution, profile.batch)
+    path = Path(lut_path) if lut_path else default_lut_path(profile.name, space.slug, space.resolution, profile.batch)
     if path.is_file():
         cost = LatencyCost(space, Lut.load(path, space=space, profile=profile))
         kind = "calibrated" if cost.calibrated else "uncalibrated sum of cells"
