@@ -31,11 +31,12 @@ def lut_file_calibration(path: Path) -> dict:
 
 def run(model: str, args, out: Path) -> dict:
     profile = load_profile(args.device)
-    space = build_space(model, bins=args.bins, resolution=profile.resolution)
-    path = lut_path(profile.name, model, space.resolution, profile.batch, root=out)
+    space = build_space(model, bins=args.bins, resolution=profile.resolution or args.resolution)
+    path = lut_path(profile.name, space.slug, space.resolution, profile.batch, root=out)
     start = time.perf_counter()
     lut = build_lut(space, profile, path, progress=not args.quiet)
-    build_seconds = time.perf_counter() - start
+    # measuring time summed over every (resumed) run that built this LUT; wall time of this run besides
+    build_seconds = lut.data["build"]["measure_seconds"] or time.perf_counter() - start
     together = 0 if args.separate_phases else args.calibrate
     if args.separate_phases:  # as a user runs it: `lut calibrate`, then later `lut validate`
         calibrate_lut(space, profile, path, samples=args.calibrate, repeats=args.repeats, seed=0,
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["resnet20", "mobilenetv2", "cbm-resnet"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bins", type=int, default=None, help="bins per variable (default: the model's)")
+    parser.add_argument("--resolution", type=int, default=None, help="input size (default: the model's)")
     parser.add_argument("--calibrate", type=int, default=12, help="subnets measured for the calibration fit")
     parser.add_argument("--samples", type=int, default=50, help="random subnets measured for validation")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved measurement rounds per subnet")
@@ -80,14 +82,16 @@ def write_report(results: list[dict], args) -> None:
     from _report import RESULTS, markdown_table, write_section
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    mode = "-separate-phases" if args.separate_phases else ""
+    mode = ("-separate-phases" if args.separate_phases else "") + (f"-{args.resolution}px" if args.resolution else "")
     (RESULTS / f"lut_accuracy_{args.device}{mode}.json").write_text(json.dumps(results, indent=1))
     rows = [[r["model"], r["bins"], r["cells"], r["unstable_cells"], f"{r['lut_build_s']:.0f}",
              f"{r['calibration']['a_ms']:.4f} + {r['calibration']['b']:.3f} x sum", f"{r['mdape']:.2f}",
              f"{100 * r['within5']:.0f}", f"{100 * r['within10']:.0f}", f"{r['spearman']:.3f}", f"{r['kendall']:.3f}"]
             for r in results]
-    write_section(f"LUT accuracy ({args.device}{', separate phases' if args.separate_phases else ''})", (
-        f"`python benchmarks/lut_accuracy.py --device {args.device} --calibrate {args.calibrate} --samples "
+    resolution = f" --resolution {args.resolution} --models {' '.join(args.models)}" if args.resolution else ""
+    write_section(f"LUT accuracy ({args.device}{', separate phases' if args.separate_phases else ''}"
+                  f"{f', {args.resolution} px' if args.resolution else ''})", (
+        f"`python benchmarks/lut_accuracy.py --device {args.device}{resolution} --calibrate {args.calibrate} --samples "
         f"{args.samples} --repeats {args.repeats}{' --separate-phases' if args.separate_phases else ''}`: build the "
         f"LUT, fit T = a + b x sum(cells) on {args.calibrate} measured subnets (full, min, random) and predict "
         f"{args.samples} other random subnets measured end to end ({args.repeats} interleaved rounds, median); "

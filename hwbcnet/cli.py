@@ -14,18 +14,27 @@ from hwbcnet.errors import HwbcnetError
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Hardware-aware channel-width search with BCNet/BCNetV2 supernets.")
 
-ModelOpt = typer.Option(..., "--model", "-m", help="Model name (see `hwbcnet models`).")
+ModelOpt = typer.Option(..., "--model", "-m", help="Built-in name (`hwbcnet models`), torchvision:NAME, timm:NAME, "
+                        "package.module:factory or path/to/file.py:factory.")
+ModelKwargsOpt = typer.Option(None, "--model-kwargs", help="JSON keyword arguments of the model's factory, e.g. "
+                              "'{\"width_mult\": 0.5}'.")
+FixedOpt = typer.Option(None, "--fixed", help="Keep modules matching this glob at full width (repeatable), e.g. "
+                        "'features.0.*'.")
+ChannelDivisorOpt = typer.Option(1, "--channel-divisor", help="Every width a multiple of this (the full width "
+                                 "stays exact), e.g. 8 for TensorRT fp16.")
 BinsOpt = typer.Option(None, "--bins", help="N: bins per width variable (default: the model's).")
 MinBinsOpt = typer.Option(None, "--min-bins", help="m: minimum width in bins (default: the model's; 1 for ua/bcnet).")
 ResolutionOpt = typer.Option(None, "--resolution", help="Input resolution in pixels (default: the model's).")
 WidthMultOpt = typer.Option(1.0, "--width-mult", help="Width multiplier of the full model.")
 
 
-def _space(model, bins=None, min_bins=None, resolution=None, width_mult=1.0, num_classes=10):
+def _space(model, bins=None, min_bins=None, resolution=None, width_mult=1.0, num_classes=10, model_kwargs=None,
+           fixed=None, channel_divisor=1):
     from hwbcnet.space import build_space
 
     return build_space(model, bins=bins, min_bins=min_bins, resolution=resolution, width_mult=width_mult,
-                       num_classes=num_classes)
+                       num_classes=num_classes, model_kwargs=model_kwargs, fixed=tuple(fixed or ()),
+                       channel_divisor=channel_divisor)
 
 
 @app.command()
@@ -40,11 +49,16 @@ def models():
         rows.append([name, space.num_vars, f"{space.bins}/{space.min_bins}", f"{space.size:.3g}", space.resolution,
                      entry.description])
     console.print(table("models", ["name", "width vars", "N/m", "space size", "resolution", "description"], rows))
+    console.print("Also: --model torchvision:NAME | timm:NAME (when installed) | package.module:factory | "
+                  "path/to/file.py:factory, with --model-kwargs JSON.")
 
 
 @app.command()
 def info(
     model: str = ModelOpt,
+    model_kwargs: Optional[str] = ModelKwargsOpt,
+    fixed: Optional[List[str]] = FixedOpt,
+    channel_divisor: int = ChannelDivisorOpt,
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Arch code, comma list, full, min, or a JSON file."),
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
@@ -58,9 +72,10 @@ def info(
     from hwbcnet.api import describe_arch
 
     if device is not None:  # the LUT's space: at the resolution the device profile fixes, if it fixes one
-        _, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+        _, space = _device_space(device, model, bins, min_bins, resolution, width_mult, model_kwargs, fixed, channel_divisor)
     else:
-        space = _space(model, bins, min_bins, resolution, width_mult)
+        space = _space(model, bins, min_bins, resolution, width_mult, model_kwargs=model_kwargs, fixed=fixed,
+                       channel_divisor=channel_divisor)
     result = describe_arch(space, arch or "full", device=device, lut_path=lut)
     if as_json:
         print(json.dumps(result))
@@ -74,11 +89,19 @@ def info(
     if "latency_ms" in result:
         summary.append([f"latency ({device})", f"{result['latency_ms']:.3f} ms"])
     console.print(table("costs", ["metric", "value"], summary, justify_numbers=False))
+    for reason in result["pinned"]:
+        console.print(f"[yellow]pinned at full width[/yellow] {reason}")
+    if result["untimed"]:
+        console.print(f"[yellow]not timed by LUT cells[/yellow] (the calibration absorbs them): "
+                      f"{', '.join(result['untimed'][:8])}{' ...' if len(result['untimed']) > 8 else ''}")
 
 
 @app.command()
 def train(
     model: str = ModelOpt,
+    model_kwargs: Optional[str] = ModelKwargsOpt,
+    fixed: Optional[List[str]] = FixedOpt,
+    channel_divisor: int = ChannelDivisorOpt,
     data: str = typer.Option("digits", "--data", help="digits | cifar10:<dir> | imagefolder:<dir> | synthetic[:n]"),
     supernet: str = typer.Option("bcnetv2", "--supernet", help="Slicing principle: ua | bcnet | bcnetv2."),
     epochs: int = typer.Option(10, "--epochs"),
@@ -93,14 +116,20 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     max_steps_per_epoch: Optional[int] = typer.Option(None, "--max-steps-per-epoch", help="Cap steps (quick runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT/supernet.pt."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Initialise the supernet from a state_dict of the "
+                                           "model (.pt/.pth, or .safetensors with the safetensors package)."),
 ):
     """Train a slimmable supernet (left/right paths, complementary widths; sandwich rule for ua)."""
+    from hwbcnet.space.models.sources import parse_model_source
     from hwbcnet.training.distributed import DistContext
     from hwbcnet.training.trainer import TrainConfig, train_supernet
 
-    config = TrainConfig(model=model, data=data, principle=supernet, bins=bins, min_bins=min_bins,
+    source = parse_model_source(model, model_kwargs)
+    config = TrainConfig(model=source.spec, data=data, principle=supernet, bins=bins, min_bins=min_bins,
                          resolution=resolution, width_mult=width_mult, epochs=epochs, batch_size=batch_size, lr=lr,
-                         weight_decay=weight_decay, seed=seed, max_steps_per_epoch=max_steps_per_epoch)
+                         weight_decay=weight_decay, seed=seed, max_steps_per_epoch=max_steps_per_epoch,
+                         model_kwargs=source.kwargs, fixed=tuple(fixed or ()), channel_divisor=channel_divisor,
+                         weights=str(weights) if weights else None)
     from hwbcnet.api import width_accuracy_table
     from hwbcnet.reporting import console
 
@@ -220,14 +249,16 @@ def bench_cbm(
                       f"Spearman rho {r['spearman_rho']:.3f}")
 
 
-def _device_space(device: str, model: str, bins, min_bins, resolution, width_mult):
+def _device_space(device: str, model: str, bins, min_bins, resolution, width_mult, model_kwargs=None, fixed=None,
+                  channel_divisor=1):
     """The device profile and the width space at the profile's resolution (when it fixes one)."""
     from hwbcnet.hardware.profiles import load_profile
 
     profile = load_profile(device)
     if resolution is None and profile.resolution is not None:
         resolution = profile.resolution
-    return profile, _space(model, bins, min_bins, resolution, width_mult)
+    return profile, _space(model, bins, min_bins, resolution, width_mult, model_kwargs=model_kwargs, fixed=fixed,
+                           channel_divisor=channel_divisor)
 
 
 DeviceOpt = typer.Option(..., "--device", "-d", help="Device profile name (see `hwbcnet devices`) or a .toml path.")
@@ -254,6 +285,9 @@ def devices(as_json: bool = typer.Option(False, "--json", help="Print one JSON o
 def profile(
     device: str = DeviceOpt,
     model: str = ModelOpt,
+    model_kwargs: Optional[str] = ModelKwargsOpt,
+    fixed: Optional[List[str]] = FixedOpt,
+    channel_divisor: int = ChannelDivisorOpt,
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
@@ -266,7 +300,7 @@ def profile(
     from hwbcnet.hardware.report import lut_summary
     from hwbcnet.reporting import console, table
 
-    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult, model_kwargs, fixed, channel_divisor)
     lut = build_lut(space, prof, out, seed=seed)
     summary = lut_summary(lut)
     console.print(table(f"LUT {lut.path}", ["metric", "value"], [[k, v] for k, v in summary.items()
@@ -282,6 +316,9 @@ app.add_typer(lut_app, name="lut")
 def lut_calibrate(
     device: str = DeviceOpt,
     model: str = ModelOpt,
+    model_kwargs: Optional[str] = ModelKwargsOpt,
+    fixed: Optional[List[str]] = FixedOpt,
+    channel_divisor: int = ChannelDivisorOpt,
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
@@ -295,7 +332,7 @@ def lut_calibrate(
     from hwbcnet.costs.calibration import calibrate_lut
     from hwbcnet.reporting import console
 
-    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult, model_kwargs, fixed, channel_divisor)
     cal = calibrate_lut(space, prof, lut, samples=samples, repeats=repeats, seed=seed)
     console.print(f"calibration: T = {cal['a_ms']:.4f} ms + {cal['b']:.4f} x sum(cells)  "
                   f"(fit median |error| {cal['residuals']['median_abs_pct']:.2f} %, on {len(cal['fitted_on'])} subnets)")
@@ -305,6 +342,9 @@ def lut_calibrate(
 def lut_validate(
     device: str = DeviceOpt,
     model: str = ModelOpt,
+    model_kwargs: Optional[str] = ModelKwargsOpt,
+    fixed: Optional[List[str]] = FixedOpt,
+    channel_divisor: int = ChannelDivisorOpt,
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
@@ -322,7 +362,7 @@ def lut_validate(
     from hwbcnet.hardware.lut import lut_path as default_lut_path
     from hwbcnet.costs.calibration import validate_lut
 
-    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult, model_kwargs, fixed, channel_divisor)
     path = lut or default_lut_path(prof.name, space.slug, space.resolution, prof.batch)
     plot = plot or Path(path).with_name(Path(path).stem + "-validate.png")
     report = validate_lut(space, prof, path, samples=samples, repeats=repeats, seed=seed, calibrate=calibrate,
@@ -343,6 +383,9 @@ def lut_validate(
 def lut_show(
     device: str = DeviceOpt,
     model: str = ModelOpt,
+    model_kwargs: Optional[str] = ModelKwargsOpt,
+    fixed: Optional[List[str]] = FixedOpt,
+    channel_divisor: int = ChannelDivisorOpt,
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
@@ -356,7 +399,7 @@ def lut_show(
     from hwbcnet.hardware.lut import lut_path as default_lut_path
     from hwbcnet.hardware.report import lut_heatmap, lut_summary
 
-    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult, model_kwargs, fixed, channel_divisor)
     path = lut or default_lut_path(prof.name, space.slug, space.resolution, prof.batch)
     table_ = Lut.load(path, space=space, profile=prof)
     summary = lut_summary(table_)

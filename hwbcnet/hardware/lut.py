@@ -53,8 +53,11 @@ def lut_path(device: str, model: str, resolution: int, batch: int, root: str | P
 
 
 def _space_record(space) -> dict:
-    return {"fingerprint": space.fingerprint(), "bins": space.bins, "min_bins": space.min_bins,
-            "width_mult": getattr(space, "width_mult", 1.0), "num_classes": getattr(space, "num_classes", None)}
+    record = {"fingerprint": space.fingerprint(), "bins": space.bins, "min_bins": space.min_bins,
+              "width_mult": getattr(space, "width_mult", 1.0), "num_classes": getattr(space, "num_classes", None)}
+    if hasattr(space, "describe"):  # how to rebuild the space (model source, kwargs, --fixed, divisor)
+        record["description"] = space.describe()
+    return record
 
 
 def finalize_passes(passes: list[dict]) -> dict:
