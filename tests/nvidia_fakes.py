@@ -544,8 +544,11 @@ def make_tensorrt(gpu: "FakeGpu", version: str) -> types.ModuleType:
                 return False
             gpu.enqueues += 1
             if stream.capturing:
-                if not self.engine.capturable:  # an operation capture does not permit: the capture is invalidated
-                    cudart._invalidate_captures()
+                if not self.engine.capturable:
+                    # Either an operation capture does not permit invalidated the capture, or TensorRT noticed and
+                    # refused before issuing it (the capture then ends with a graph that must not be used).
+                    if not gpu.capture_failure_reported:
+                        cudart._invalidate_captures()
                     return False
                 stream.captured_ms += self.engine.kernel_ms
                 return True
@@ -597,13 +600,15 @@ def make_tensorrt(gpu: "FakeGpu", version: str) -> types.ModuleType:
 @dataclass
 class FakeGpu:
     """One simulated machine. `driver`: "ok", "dlopen-fails" (cuda-python 12.6 without libcuda), "insufficient"
-    or "no-device". `capturable`: whether built engines survive CUDA graph capture."""
+    or "no-device". `capturable`: whether built engines survive CUDA graph capture; when they do not, the failed
+    enqueue invalidates the capture, or with `capture_failure_reported` only returns False."""
 
     trt_version: str = TRT_10
     driver: str = "ok"
     props: DeviceProps = field(default_factory=DeviceProps)
     kernel_ms: float = 0.02
     capturable: bool = True
+    capture_failure_reported: bool = False
     local_runtime: int | str | None = 12060
     fail_malloc_after: int | None = None
     build_fails: bool = False

@@ -168,14 +168,17 @@ def test_missing_cuda_python_says_what_to_install(monkeypatch):
         trt_backend.import_cudart()
 
 
-@pytest.mark.parametrize("cuda_graphs, capturable, per_launch_ms, graph_launches", [
-    (False, True, 0.03, False),  # kernels 0.02 ms + 0.01 ms enqueue gap per execute_async_v3
-    (True, True, 0.02, True),  # graph launches: the kernels alone
-    (True, False, 0.03, False),  # capture fails: timed with plain enqueues, as trtexec falls back
+@pytest.mark.parametrize("cuda_graphs, capturable, reported, per_launch_ms, graph_launches", [
+    (False, True, False, 0.03, False),  # kernels 0.02 ms + 0.01 ms enqueue gap per execute_async_v3
+    (True, True, False, 0.02, True),  # graph launches: the kernels alone
+    # Capture fails (invalidated, or refused by TensorRT with a graph that must be dropped): timed with plain
+    # enqueues, as trtexec falls back.
+    (True, False, False, 0.03, False),
+    (True, False, True, 0.03, False),
 ])
-def test_tensorrt_execution_path(monkeypatch, tmp_path, no_jetson, cuda_graphs, capturable, per_launch_ms,
+def test_tensorrt_execution_path(monkeypatch, tmp_path, no_jetson, cuda_graphs, capturable, reported, per_launch_ms,
                                  graph_launches):
-    gpu = FakeGpu(capturable=capturable).install(monkeypatch)
+    gpu = FakeGpu(capturable=capturable, capture_failure_reported=reported).install(monkeypatch)
     backend = trt_backend.TensorRTBackend(timing_cache_dir=tmp_path)
     profile = trt_profile(cuda_graphs=cuda_graphs, min_sample_ms=0.05)
     with warnings.catch_warnings(record=True) as caught:

@@ -2,13 +2,13 @@
 as a strongly typed network by the same `build_engine` the TensorRT latency backend uses (hardware/backends), so
 TensorRT 10.3 (JetPack 6) and 11.x build it the same way and an engine runs what its LUT cells measured.
 
-* fp32: the exported model as is.
+* fp32: the exported model as is, built with TF32 off (TensorRT's default would compute it in TF32 on Ampere and
+  later, Orin included).
 * fp16: inputs, outputs, weights and every intermediate tensor in float16 (onnxruntime's float16 converter, which
-  ships with onnxruntime). A strongly typed network keeps exactly these types; only a TensorRT without strong
-  typing falls back to the FP16 builder flag.
+  ships with onnxruntime). A strongly typed network keeps exactly these types.
 * int8: Q/DQ nodes on every Conv/Gemm input and weight (export/quantize.py), calibrated on `--calib` images in
   ONNX Runtime. TensorRT 11 removed implicit INT8 calibration, so explicit Q/DQ is the path that works on both.
-  Layers without Q/DQ stay float32.
+  Layers without Q/DQ stay float32 (TF32 off here too).
 
 The batch axis is fixed before the build (one engine per shape: no optimization profiles). Next to the engine goes
 `<engine>.json` (kind "hwbcnet.engine", schema 1) recording what the engine is bound to: TensorRT version, GPU and

@@ -335,17 +335,16 @@ class _Execution:
             enqueued = bool(self.context.execute_async_v3(int(self.stream)))
         finally:  # the capture must end whatever happened, or the stream stays unusable
             error, graph = cudart.cudaStreamEndCapture(self.stream)
-        if enqueued and error == success:
+            captured = error == success  # else the capture was invalidated and no graph came back
+            if captured and not enqueued:  # TensorRT reported the failure itself: the graph must not be used
+                cudart.cudaGraphDestroy(graph)
+        if enqueued and captured:
             try:
                 self.graph_exec = check_cuda(cudart, cudart.cudaGraphInstantiate(graph, 0))
             finally:
                 cudart.cudaGraphDestroy(graph)  # the executable graph does not need it
             return True
-        # Either the capture was invalidated (no graph comes back) or TensorRT reported the failure itself (a graph
-        # comes back but must not be used); then clear the error the failed capture left, as trtexec does.
-        if error == success:
-            cudart.cudaGraphDestroy(graph)
-        cudart.cudaGetLastError()
+        cudart.cudaGetLastError()  # clear the error the failed capture left, as trtexec does
         return False
 
     def _enqueue(self) -> None:
