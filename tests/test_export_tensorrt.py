@@ -124,6 +124,14 @@ def test_fp16_engine_and_sidecar(exported, gpu, tmp_path):
     assert config.timing_cache is not None and not config.get_flag(trt.BuilderFlag.FP16)
 
 
+def test_int8_calibration_without_torch_is_a_one_line_error(exported, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # a target without torch
+    for name in [name for name in sys.modules if name.startswith("hwbcnet.data")]:
+        monkeypatch.delitem(sys.modules, name)  # so the data package imports torch again
+    with pytest.raises(HwbcnetError, match="INT8 calibration reads its images with torch, which is not installed"):
+        prepare_onnx(onnx.load(exported[0]), "int8", batch=1, calib="digits", calib_images=32)
+
+
 def test_int8_engine_with_device_profile(exported, gpu, tmp_path, monkeypatch):
     path, *_ = exported
     monkeypatch.chdir(tmp_path)

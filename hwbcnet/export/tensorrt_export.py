@@ -99,7 +99,14 @@ def prepare_onnx(model: onnx.ModelProto, precision: str, *, batch: int, calib: s
             raise HwbcnetError("INT8 needs calibration images: --calib digits, --calib <data spec> or --calib <dir>")
         n_batches, batch_size = calibration_plan(calib_images, batch)
         resolution = image_input(model).type.tensor_type.shape.dim[2].dim_value
-        return insert_qdq(model, calibration_batches_from(calib, resolution, n_batches, batch_size))
+        try:
+            batches = calibration_batches_from(calib, resolution, n_batches, batch_size)
+        except ImportError as exc:
+            if exc.name != "torch":
+                raise
+            raise HwbcnetError("INT8 calibration reads its images with torch, which is not installed here (a Jetson "
+                               "image without torch): install torch (docs/jetson.md) or build an fp16 engine") from None
+        return insert_qdq(model, batches)
     return model
 
 
