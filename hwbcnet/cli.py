@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from hwbcnet.errors import HwbcnetError
+from hwbcnet.errors import HwbcnetError, MissingRuntimeError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Hardware-aware channel-width search with BCNet/BCNetV2 supernets.")
@@ -261,7 +261,8 @@ def _device_space(device: str, model: str, bins, min_bins, resolution, width_mul
                            channel_divisor=channel_divisor)
 
 
-DeviceOpt = typer.Option(..., "--device", "-d", help="Device profile name (see `hwbcnet devices`) or a .toml path.")
+DeviceOpt = typer.Option(..., "--device", "-d", help="Device profile name (see `hwbcnet devices`), jetson or gpu for "
+                         "this machine's own, or a .toml path.")
 LutOpt = typer.Option(None, "--lut", help="LUT file (default: lut/<device>/<model>-<resolution>-b<batch>.json).")
 
 
@@ -275,10 +276,12 @@ def devices(as_json: bool = typer.Option(False, "--json", help="Print one JSON o
     if as_json:
         print(json.dumps({p.name: p.to_json() for p in profiles}))
         return
-    rows = [[p.name, p.backend, p.precision, p.batch, p.threads if p.backend == "onnxruntime" else "-",
-             p.resolution or "model", p.description] for p in profiles]
+    rows = [[p.name, p.backend, p.precision, p.batch, p.threads if p.backend != "tensorrt" else "-",
+             p.resolution or "model", p.channel_divisor, p.description] for p in profiles]
     console.print(table("device profiles", ["name", "backend", "precision", "batch", "threads", "resolution",
-                                             "description"], rows, justify_numbers=False))
+                                             "channel divisor", "description"], rows, justify_numbers=False))
+    console.print("--device jetson / --device gpu pick this machine's own profile: on a Jetson the jetson-* profile "
+                  "of its module; elsewhere gpu is the gpu profile and jetson an error.")
 
 
 @app.command()
@@ -418,9 +421,13 @@ def lut_show(
 def export(
     search_result: Optional[Path] = typer.Option(None, "--search", "-s", help="search.json (extracts the subnet)."),
     subnet: Optional[Path] = typer.Option(None, "--subnet", help="subnet.pt from `extract` or `finetune`."),
-    onnx_path: Path = typer.Option(..., "--onnx", help="Output ONNX file."),
+    from_onnx: Optional[Path] = typer.Option(None, "--from-onnx", help="Build a TensorRT engine from this ONNX file "
+                                             "(exported elsewhere: needs neither torch nor the supernet here)."),
+    onnx_path: Optional[Path] = typer.Option(None, "--onnx", help="Output ONNX file (default: next to the "
+                                             "--search/--subnet file, same name with .onnx)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Symbolic batch dimension."),
-    batch: int = typer.Option(1, "--batch"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Batch size (default: 1; with --from-onnx the "
+                                        "model's fixed batch, else the device profile's)."),
     opset: int = typer.Option(17, "--opset"),
     trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine (needs TensorRT and a GPU)."),
     engine: Optional[Path] = typer.Option(None, "--engine", help="Engine path (default: the ONNX path with .engine)."),
@@ -428,38 +435,57 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="TensorRT INT8 engine through Q/DQ nodes."),
     calib: str = typer.Option("digits", "--calib", help="INT8 calibration images: a data spec or a folder."),
     calib_images: int = typer.Option(512, "--calib-images"),
-    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile for the engine (timing cache)."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile for the engine: its precision "
+                                         "(unless --fp16/--int8), batch and timing cache; `jetson`/`gpu`: this machine's."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
-    """Export the searched subnet: physically pruned ONNX (checked against PyTorch), optionally a TensorRT engine."""
-    from hwbcnet.export.onnx_export import export_onnx, load_export_source
+    """Export the searched subnet: physically pruned ONNX (checked against PyTorch), optionally a TensorRT engine;
+    or, with --from-onnx, build the engine on the target from an ONNX file exported elsewhere."""
     from hwbcnet.reporting import console
 
-    if (search_result is None) == (subnet is None):
-        raise HwbcnetError("give exactly one of --search DIR/search.json or --subnet DIR/subnet.pt")
+    sources = [name for name, value in (("--search", search_result), ("--subnet", subnet), ("--from-onnx", from_onnx))
+               if value is not None]
+    if len(sources) != 1:
+        raise HwbcnetError("give exactly one of --search DIR/search.json, --subnet DIR/subnet.pt or --from-onnx "
+                           "model.onnx")
     if fp16 and int8:
         raise HwbcnetError("choose one of --fp16 and --int8")
-    if (fp16 or int8) and not trt:
-        raise HwbcnetError("--fp16/--int8 are TensorRT precisions: add --trt")
-    source = load_export_source(search_result or subnet)
-    report = export_onnx(source.model, source.space, source.arch, onnx_path, dynamic_batch=dynamic_batch,
-                         batch=batch, opset=opset, metadata=source.metadata)
-    result = {"onnx": report.to_json()}
-    if not as_json:
-        console.print(f"ONNX {onnx_path}: opset {report.opset}, max |ONNX Runtime - PyTorch| = "
-                      f"{report.max_abs_diff:.2e} on {report.compared_images} {report.compared_on} images")
+    if from_onnx is not None and onnx_path is not None:
+        raise HwbcnetError("--from-onnx reads its ONNX file and --onnx names one to write: give only --from-onnx")
+    trt = trt or from_onnx is not None  # an ONNX file exported elsewhere is only read to build its engine
+    if (fp16 or int8 or device) and not trt:
+        raise HwbcnetError("--fp16/--int8/--device choose the TensorRT engine: add --trt")
+    result = {}
+    if from_onnx is None:
+        from hwbcnet.export.onnx_export import default_onnx_path, export_onnx, load_export_source
+
+        onnx_path = onnx_path or default_onnx_path(search_result or subnet)
+        source = load_export_source(search_result or subnet)
+        report = export_onnx(source.model, source.space, source.arch, onnx_path, dynamic_batch=dynamic_batch,
+                             batch=batch or 1, opset=opset, metadata=source.metadata)
+        result["onnx"] = report.to_json()
+        if not as_json:
+            console.print(f"ONNX {onnx_path}: opset {report.opset}, max |ONNX Runtime - PyTorch| = "
+                          f"{report.max_abs_diff:.2e} on {report.compared_images} {report.compared_on} images")
     if trt:
         from hwbcnet.export.tensorrt_export import export_tensorrt
 
-        precision = "fp16" if fp16 else "int8" if int8 else "fp32"
-        sidecar = export_tensorrt(onnx_path, engine or onnx_path.with_suffix(".engine"), precision=precision,
-                                  calib=calib if int8 else None, calib_images=calib_images, timing_cache=timing_cache,
-                                  device_profile=device, batch=batch)
+        onnx_file = from_onnx or onnx_path
+        precision = "fp16" if fp16 else "int8" if int8 else None
+        try:
+            sidecar = export_tensorrt(onnx_file, engine, precision=precision, calib=calib, calib_images=calib_images,
+                                      timing_cache=timing_cache, device_profile=device, batch=batch)
+        except MissingRuntimeError as exc:
+            if from_onnx is not None:
+                raise
+            # The ONNX file is written: say how to build its engine on the machine that has the GPU.
+            raise MissingRuntimeError(f"{exc}; the ONNX model is at {onnx_file}: copy it to the target and run "
+                                      f"`hwbcnet export --from-onnx {onnx_file.name} --trt` there") from None
         result["tensorrt"] = sidecar
         if not as_json:
-            console.print(f"TensorRT {precision} engine {engine or onnx_path.with_suffix('.engine')} "
-                          f"(TensorRT {sidecar.get('tensorrt_version')}, {sidecar.get('gpu', {}).get('name', '?')})")
+            console.print(f"TensorRT {sidecar['precision']} engine {sidecar['engine']} next to {onnx_file} "
+                          f"(TensorRT {sidecar['tensorrt_version']}, {sidecar['gpu']})")
     if as_json:
         print(json.dumps(result))
 
@@ -467,13 +493,14 @@ def export(
 @app.command()
 def verify(
     device: str = DeviceOpt,
-    model: Path = typer.Option(..., "--model", "-m", help="Exported ONNX model."),
+    model: Path = typer.Option(..., "--model", "-m", help="Exported ONNX model, or a TensorRT engine (.engine) "
+                               "built by `hwbcnet export --trt` (timed as it is, on a tensorrt device)."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Latency budget, e.g. 10ms."),
     lut: Optional[Path] = LutOpt,
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when the measurement exceeds the budget."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
-    """Measure an exported model with the device profile's settings: measured vs LUT-predicted vs budget."""
+    """Measure an exported model or engine with the device profile's settings: measured vs LUT-predicted vs budget."""
     from hwbcnet.export.verify import verify as verify_model
 
     result = verify_model(model, device, budget_ms=budget, lut_path=lut, strict=strict)
