@@ -20,8 +20,8 @@ ModelKwargsOpt = typer.Option(None, "--model-kwargs", help="JSON keyword argumen
                               "'{\"width_mult\": 0.5}'.")
 FixedOpt = typer.Option(None, "--fixed", help="Keep modules matching this glob at full width (repeatable), e.g. "
                         "'features.0.*'.")
-ChannelDivisorOpt = typer.Option(1, "--channel-divisor", help="Every width a multiple of this (the full width "
-                                 "stays exact), e.g. 8 for TensorRT fp16.")
+ChannelDivisorOpt = typer.Option(None, "--channel-divisor", help="Every width a multiple of this (the full width "
+                                 "stays exact). Default: the device profile's (8 for TensorRT fp16), else 1.")
 BinsOpt = typer.Option(None, "--bins", help="N: bins per width variable (default: the model's).")
 MinBinsOpt = typer.Option(None, "--min-bins", help="m: minimum width in bins (default: the model's; 1 for ua/bcnet).")
 ResolutionOpt = typer.Option(None, "--resolution", help="Input resolution in pixels (default: the model's).")
@@ -29,12 +29,12 @@ WidthMultOpt = typer.Option(1.0, "--width-mult", help="Width multiplier of the f
 
 
 def _space(model, bins=None, min_bins=None, resolution=None, width_mult=1.0, num_classes=10, model_kwargs=None,
-           fixed=None, channel_divisor=1):
+           fixed=None, channel_divisor=None):
     from hwbcnet.space import build_space
 
     return build_space(model, bins=bins, min_bins=min_bins, resolution=resolution, width_mult=width_mult,
                        num_classes=num_classes, model_kwargs=model_kwargs, fixed=tuple(fixed or ()),
-                       channel_divisor=channel_divisor)
+                       channel_divisor=1 if channel_divisor is None else channel_divisor)
 
 
 @app.command()
@@ -58,7 +58,7 @@ def info(
     model: str = ModelOpt,
     model_kwargs: Optional[str] = ModelKwargsOpt,
     fixed: Optional[List[str]] = FixedOpt,
-    channel_divisor: int = ChannelDivisorOpt,
+    channel_divisor: Optional[int] = ChannelDivisorOpt,
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Arch code, comma list, full, min, or a JSON file."),
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
@@ -101,7 +101,7 @@ def train(
     model: str = ModelOpt,
     model_kwargs: Optional[str] = ModelKwargsOpt,
     fixed: Optional[List[str]] = FixedOpt,
-    channel_divisor: int = ChannelDivisorOpt,
+    channel_divisor: Optional[int] = ChannelDivisorOpt,
     data: str = typer.Option("digits", "--data", help="digits | cifar10:<dir> | imagefolder:<dir> | synthetic[:n]"),
     supernet: str = typer.Option("bcnetv2", "--supernet", help="Slicing principle: ua | bcnet | bcnetv2."),
     epochs: int = typer.Option(10, "--epochs"),
@@ -118,6 +118,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue OUT/supernet.pt."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Initialise the supernet from a state_dict of the "
                                            "model (.pt/.pth, or .safetensors with the safetensors package)."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="The device you will search for: its profile's "
+                                         "channel divisor shapes the width space (as `profile --device` does)."),
 ):
     """Train a slimmable supernet (left/right paths, complementary widths; sandwich rule for ua)."""
     from hwbcnet.space.models.sources import parse_model_source
@@ -125,10 +127,15 @@ def train(
     from hwbcnet.training.trainer import TrainConfig, train_supernet
 
     source = parse_model_source(model, model_kwargs)
+    if channel_divisor is None and device is not None:
+        from hwbcnet.hardware.profiles import load_profile
+
+        channel_divisor = load_profile(device).channel_divisor
     config = TrainConfig(model=source.spec, data=data, principle=supernet, bins=bins, min_bins=min_bins,
                          resolution=resolution, width_mult=width_mult, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, seed=seed, max_steps_per_epoch=max_steps_per_epoch,
-                         model_kwargs=source.kwargs, fixed=tuple(fixed or ()), channel_divisor=channel_divisor,
+                         model_kwargs=source.kwargs, fixed=tuple(fixed or ()),
+                         channel_divisor=1 if channel_divisor is None else channel_divisor,
                          weights=str(weights) if weights else None)
     from hwbcnet.api import width_accuracy_table
     from hwbcnet.reporting import console
@@ -250,13 +257,16 @@ def bench_cbm(
 
 
 def _device_space(device: str, model: str, bins, min_bins, resolution, width_mult, model_kwargs=None, fixed=None,
-                  channel_divisor=1):
-    """The device profile and the width space at the profile's resolution (when it fixes one)."""
+                  channel_divisor=None):
+    """The device profile and the width space at the profile's resolution (when it fixes one) and channel divisor
+    (unless given)."""
     from hwbcnet.hardware.profiles import load_profile
 
     profile = load_profile(device)
     if resolution is None and profile.resolution is not None:
         resolution = profile.resolution
+    if channel_divisor is None:
+        channel_divisor = profile.channel_divisor
     return profile, _space(model, bins, min_bins, resolution, width_mult, model_kwargs=model_kwargs, fixed=fixed,
                            channel_divisor=channel_divisor)
 
@@ -290,7 +300,7 @@ def profile(
     model: str = ModelOpt,
     model_kwargs: Optional[str] = ModelKwargsOpt,
     fixed: Optional[List[str]] = FixedOpt,
-    channel_divisor: int = ChannelDivisorOpt,
+    channel_divisor: Optional[int] = ChannelDivisorOpt,
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
@@ -321,7 +331,7 @@ def lut_calibrate(
     model: str = ModelOpt,
     model_kwargs: Optional[str] = ModelKwargsOpt,
     fixed: Optional[List[str]] = FixedOpt,
-    channel_divisor: int = ChannelDivisorOpt,
+    channel_divisor: Optional[int] = ChannelDivisorOpt,
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
@@ -347,7 +357,7 @@ def lut_validate(
     model: str = ModelOpt,
     model_kwargs: Optional[str] = ModelKwargsOpt,
     fixed: Optional[List[str]] = FixedOpt,
-    channel_divisor: int = ChannelDivisorOpt,
+    channel_divisor: Optional[int] = ChannelDivisorOpt,
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
@@ -388,7 +398,7 @@ def lut_show(
     model: str = ModelOpt,
     model_kwargs: Optional[str] = ModelKwargsOpt,
     fixed: Optional[List[str]] = FixedOpt,
-    channel_divisor: int = ChannelDivisorOpt,
+    channel_divisor: Optional[int] = ChannelDivisorOpt,
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,

@@ -37,11 +37,14 @@ def test_unknown_name_lists_known_devices():
         load_profile("tpu")
 
 
-@pytest.mark.parametrize("name, divisor", [("cpu", 1), ("cpu-2t", 1), ("gpu", 8), ("jetson-orin-nano", 8),
+@pytest.mark.parametrize("name, divisor", [("cpu", "auto"), ("cpu-2t", "auto"), ("gpu", 8), ("jetson-orin-nano", 8),
                                            ("jetson-orin-nx", 8), ("jetson-orin-agx", 8), ("ort-cuda-fp16", 8),
                                            ("ort-cuda-fp32", 1)])
 def test_channel_divisor_defaults(name, divisor):
+    from hwbcnet.hardware.backends.onnxruntime import nchwc_block_size
+
     profile = load_profile(name)
+    divisor = nchwc_block_size() if divisor == "auto" else divisor  # ONNX Runtime's NCHWc block on this CPU
     assert profile.channel_divisor == divisor and profile.to_json()["channel_divisor"] == divisor
     assert "channel_divisor" not in profile.settings()  # a width-space default, not a measurement setting
 

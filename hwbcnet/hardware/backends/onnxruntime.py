@@ -41,6 +41,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def nchwc_block_size() -> int:
+    """The channel block of ONNX Runtime's NCHWc convolution kernels on this CPU (MLAS: 16 with AVX-512F, 8 with
+    AVX/AVX2, none elsewhere). Convolutions whose channel counts are not multiples of it fall off that path:
+    measured here (benchmarks/channel_divisor.py) a depthwise conv with 1 channel fewer than a multiple of 16 runs
+    3.5-20x slower. It is the `auto` channel divisor of the CPU profiles."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    if "avx512f" in flags:
+        return 16
+    if "avx2" in flags or "avx" in flags or (not flags and platform.machine().lower() in ("x86_64", "amd64")):
+        return 8
+    return 1
+
+
 def _read(path: str) -> str | None:
     try:
         return Path(path).read_text().strip()
