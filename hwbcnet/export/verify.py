@@ -119,7 +119,6 @@ def _budget_ms(budget: float | str | None) -> float | None:
 
 def predict_latency(metadata: dict, profile, lut_path: str | Path | None = None) -> tuple[float | None, str]:
     """(LUT-predicted latency in ms or None, where it came from or why there is none)."""
-    from hwbcnet.costs.latency import LatencyCost
     from hwbcnet.hardware.lut import Lut
     from hwbcnet.hardware.lut import lut_path as default_lut_path
 
@@ -127,7 +126,8 @@ def predict_latency(metadata: dict, profile, lut_path: str | Path | None = None)
         return None, "the model has no hwbcnet metadata (export it with `hwbcnet export`)"
     recorded = (float(metadata["predicted_latency_ms"]) if metadata.get("device") == profile.name
                 and metadata.get("predicted_latency_ms") is not None else None)
-    try:
+    try:  # the space and the predictor over its layers need torch
+        from hwbcnet.costs.latency import LatencyCost
         from hwbcnet.space import space_from_description
     except ImportError:  # a deployment machine without torch cannot rebuild the width space
         if recorded is not None:
