@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,28 @@ _SUFFIX_LIST = "/".join(sorted(IMAGE_SUFFIXES))
 SYNTHETIC_CLASSES = 10
 SYNTHETIC_DEFAULT_SIZE = 5000
 SYNTHETIC_MIN_SIZE = 100
+SYNTHETIC_MAX_SIZE = 10_000_000
+
+
+def parse_data_spec(spec: str) -> tuple[str, str]:
+    """(kind, argument) of a `--data` spec, checked as far as that is cheap: the syntax, the synthetic size and that
+    a data folder exists. A ValueError says what is allowed; the files inside are checked when they are read."""
+    kind, colon, argument = spec.partition(":")
+    if kind == "digits" and not colon:
+        return kind, argument
+    if kind == "synthetic":
+        if colon:
+            _synthetic_size(argument)
+        return kind, argument
+    if kind in ("cifar10", "imagefolder") and argument:
+        try:
+            is_folder = Path(argument).expanduser().is_dir()
+        except (OSError, ValueError):  # too long, NUL byte
+            is_folder = False
+        if not is_folder:
+            raise ValueError(f"{argument!r} is not a folder; expected {DATA_SPECS}")
+        return kind, argument
+    raise ValueError(f"expected {DATA_SPECS}")
 
 
 def load_data(spec: str = "digits", resolution: int = 32, seed: int = 0) -> DataSplits:
@@ -38,17 +61,18 @@ def load_data(spec: str = "digits", resolution: int = 32, seed: int = 0) -> Data
     of `DataSplits.loader` (batch order and training augmentation)."""
     if not isinstance(resolution, int) or resolution < 1:
         raise HwbcnetError(f"resolution {resolution!r}: expected a positive number of pixels such as 32 or 224")
-    kind, _, argument = spec.partition(":")
-    if kind == "digits" and not argument:
+    try:
+        kind, argument = parse_data_spec(spec)
+    except ValueError as exc:
+        raise HwbcnetError(f"--data {spec!r}: {exc}") from None
+    if kind == "digits":
         splits = _digits(resolution)
     elif kind == "synthetic":
         splits = _synthetic(_synthetic_size(argument), resolution)
-    elif kind == "cifar10" and argument:
+    elif kind == "cifar10":
         splits = _cifar10(Path(argument).expanduser(), resolution)
-    elif kind == "imagefolder" and argument:
-        splits = _image_folder(Path(argument).expanduser(), resolution)
     else:
-        raise HwbcnetError(f"--data {spec!r}: expected {DATA_SPECS}")
+        splits = _image_folder(Path(argument).expanduser(), resolution)
     splits.seed = seed
     return splits
 
@@ -92,8 +116,9 @@ def _digits(resolution: int) -> DataSplits:
 def _synthetic_size(argument: str) -> int:
     if not argument:
         return SYNTHETIC_DEFAULT_SIZE
-    if not argument.isdigit() or int(argument) < SYNTHETIC_MIN_SIZE:
-        raise HwbcnetError(f"synthetic:{argument}: expected synthetic:N with N >= {SYNTHETIC_MIN_SIZE} images in total")
+    if not re.fullmatch(r"[0-9]+", argument) or not SYNTHETIC_MIN_SIZE <= int(argument) <= SYNTHETIC_MAX_SIZE:
+        raise ValueError(f"expected synthetic:N with N from {SYNTHETIC_MIN_SIZE} to {SYNTHETIC_MAX_SIZE:,} images in "
+                         "total")
     return int(argument)
 
 

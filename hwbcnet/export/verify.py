@@ -11,6 +11,7 @@ export time for the same device.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from hwbcnet.budgets import parse_budget
@@ -72,12 +73,12 @@ def _budget_ms(budget: float | str | None) -> float | None:
     if budget is None:
         return None
     if isinstance(budget, str):
-        parsed = parse_budget("latency", budget)
+        parsed = parse_budget("latency", budget, option="--budget")
         if parsed.value is None:
             raise HwbcnetError(f"--budget {budget!r}: verify needs an absolute time such as 10ms, not a percentage")
         return parsed.value
-    if budget <= 0:
-        raise HwbcnetError(f"--budget {budget}: the budget must be positive")
+    if not 0 < budget < math.inf:
+        raise HwbcnetError(f"--budget {budget}: the budget must be positive and finite")
     return float(budget)
 
 

@@ -21,13 +21,15 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hwbcnet.errors import HwbcnetError
-from hwbcnet.fileio import atomic_torch_save, file_sha256
-from hwbcnet.space.space import build_space
+from hwbcnet.fileio import atomic_torch_save, check_fields, file_sha256, is_version, refuse_corrupt, torch_load
+from hwbcnet.space.space import space_from_json
 from hwbcnet.supernet.extract import build_standalone
 from hwbcnet.supernet.supernet import plain_module, rematerialize
 
 KIND = "hwbcnet.subnet"
 SCHEMA_VERSION = 1
+_FIELDS = {"space": dict, "arch": dict, "state_dict": dict}  # what loading needs
+_OPTIONAL = {"path": str, "data": str, "accuracy": dict, "history": list, "costs": dict, "source": dict}
 
 
 def _accuracy(model, loader) -> float:
@@ -70,7 +72,7 @@ def extract_subnet(search_path: str | Path, out: str | Path, path: str | None = 
         "source": {"search": str(search_path), "search_sha256": file_sha256(search_path),
                    "checkpoint": checkpoint, "checkpoint_sha256": result["checkpoint"]["sha256"]},
         "state_dict": model.state_dict(), "data": result["data"], "accuracy": accuracy,
-        "history": [{"stage": "extracted", **accuracy}], "costs": result["costs"],
+        "history": [{"stage": "extracted", **accuracy}], "costs": result.get("costs", {}),
         "device": result.get("device"),
     }
     save_subnet(out, subnet)
@@ -87,16 +89,18 @@ def load_subnet(path: str | Path):
     if not path.is_file():
         raise HwbcnetError(f"{path}: subnet file not found; create it with `hwbcnet extract`")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch_load(path)
     except Exception as exc:
         raise HwbcnetError(f"{path}: unreadable subnet file ({type(exc).__name__}); it is corrupt") from None
-    if not isinstance(payload, dict) or payload.get("kind") != KIND or payload.get("schema_version") != SCHEMA_VERSION:
+    if not (isinstance(payload, dict) and payload.get("kind") == KIND
+            and is_version(payload.get("schema_version"), SCHEMA_VERSION)):
         raise HwbcnetError(f"{path}: not a hwbcnet subnet file (schema {SCHEMA_VERSION})")
-    space = build_space(**{k: payload["space"][k] for k in ("model", "bins", "min_bins", "resolution", "width_mult",
-                                                             "num_classes")})
+    check_fields(payload, _FIELDS, path, optional=_OPTIONAL)
+    space = space_from_json(payload["space"], str(path))
     arch = space.arch_from_json(payload["arch"])
-    model = rematerialize(space, space.arch_channels(arch)[0], plain_module)
-    model.load_state_dict(payload["state_dict"])
+    with refuse_corrupt(path, "subnet file"):
+        model = rematerialize(space, space.arch_channels(arch)[0], plain_module)
+        model.load_state_dict(payload["state_dict"])
     return model.eval(), space, arch, payload
 
 
@@ -107,7 +111,9 @@ def finetune_subnet(subnet_path: str | Path, out: str | Path | None = None, *, d
     from hwbcnet.data import load_data
 
     model, space, arch, payload = load_subnet(subnet_path)
-    data = data or payload["data"]
+    data = data or payload.get("data")
+    if data is None:
+        raise HwbcnetError(f"{subnet_path}: the subnet records no data spec; pass --data")
     splits = load_data(data, space.resolution, seed=seed)
     before = evaluate_subnet(model, splits)
     torch.manual_seed(seed)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import keyword
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
@@ -41,3 +44,45 @@ def get_model_entry(name: str) -> ModelEntry:
         return MODELS[name]
     except KeyError:
         raise HwbcnetError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)} (see `hwbcnet models`)") from None
+
+
+MODEL_SOURCES = "torchvision:NAME, timm:NAME, package.module:factory or path/to/file.py:factory"
+_TORCHVISION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_TIMM_NAME = re.compile(r"[A-Za-z0-9_]+(?:[.-][A-Za-z0-9_]+)*")  # timm names carry tags: resnet50.a1_in1k
+
+
+def _identifier(text: str) -> bool:
+    return text.isidentifier() and not keyword.iskeyword(text)
+
+
+def check_model_spec(text: str) -> str:
+    """`text` when it is a built-in model name or a well-formed model source (only the syntax, and that a
+    file.py exists: nothing is imported). A ValueError says what is allowed."""
+    if text in MODELS:
+        return text
+    kind, colon, rest = text.partition(":")
+    if colon and kind == "torchvision":
+        if not _TORCHVISION_NAME.fullmatch(rest):
+            raise ValueError("expected torchvision:NAME with a torchvision model builder name such as resnet18")
+        return text
+    if colon and kind == "timm":
+        if not _TIMM_NAME.fullmatch(rest):
+            raise ValueError("expected timm:NAME with a timm model name such as resnet50 or resnet50.a1_in1k")
+        return text
+    source, colon, factory = text.rpartition(":")
+    if colon and source.endswith(".py"):
+        try:
+            is_file = Path(source).is_file()
+        except (OSError, ValueError):  # too long for a path, NUL byte
+            is_file = False
+        if not is_file:
+            raise ValueError(f"{source!r} is not a file; expected path/to/file.py:factory")
+        if not _identifier(factory):
+            raise ValueError(f"{factory!r} is not a Python name; expected path/to/file.py:factory")
+        return text
+    if colon:
+        if not all(_identifier(part) for part in source.split(".")) or not _identifier(factory):
+            raise ValueError("expected package.module:factory with Python names such as mymodels.nets:build")
+        return text
+    raise ValueError(f"unknown model; expected one of {', '.join(MODELS)} (see `hwbcnet models`) or a source: "
+                     f"{MODEL_SOURCES}")
