@@ -8,18 +8,19 @@ Convention (tests/test_cli_contract.py fails the suite for an option that does n
       epochs: int = Int(1, 10_000).option(10, "--epochs", help="Training epochs.")
       out: Path = OutputDir().option(..., "--out", help="Output folder.")
       weights: Optional[Path] = ExistingFile(".pt", ".pth", ".safetensors").option(None, "--weights")
-      kwargs: Optional[dict] = Text(parse_json_object, "JSON").option(None, "--model-kwargs")
+      fixed: Optional[List[str]] = Text(check_glob, "GLOB").option(None, "--fixed")  # repeatable
 
 * Numbers: Int / Float with their range. Paths: ExistingFile / ExistingDir for what is read, OutputFile / OutputDir
   for what is written (an existing path of the other kind, or one below a file, is refused), optionally with the
   suffixes the format needs. Fixed words: Choice. Budgets: Budget("latency"). Anything else: Text(check, metavar),
   where `check(text)` returns the value or raises ValueError(what is allowed); MODEL, ARCH, DATA, DEVICE and CALIB
   below are Texts over the API's own syntax checks, so the command line and the API accept the same strings.
+  A new type needs bad values in tests/test_cli_fuzz.py (bad_values), which then fuzzes every option using it.
 * bool flags take no value and need nothing.
 * A bad value is one line naming the option, the value and what is allowed, with exit code 2:
       hwbcnet: error: --epochs '-1': expected an integer from 1 to 10000
   typer's own value errors (no value after an option, a value for a flag, a missing option) are one line too
-  (hwbcnet.cli.main).
+  (hwbcnet.cli._OneLineValueErrors).
 * Checks that need heavy work (tracing a model, reading a checkpoint) stay in the API, which raises HwbcnetError:
   parse-time checks cover the syntax, the range and the kind of path, nothing slower. Checks across options (one
   of --fp16/--int8) stay in the command.

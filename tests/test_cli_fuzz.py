@@ -111,17 +111,18 @@ def run(args: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
-def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else "folder" for p in sorted(root.rglob("*"))}
+def snapshot(*roots: Path) -> dict:
+    return {str(p): p.read_bytes() if p.is_file() else "folder" for root in roots for p in sorted(root.rglob("*"))}
 
 
-def assert_one_line_exit_2(args, root: Path, starts: str = "hwbcnet: error: ", new_files_allowed: bool = False):
-    before = snapshot(root)
+def assert_one_line_exit_2(args, root: Path, starts: str = "hwbcnet: error: ", new_files_allowed: bool = False,
+                           also_watch: tuple[Path, ...] = ()):
+    before = snapshot(root, *also_watch)
     code, err = run(args)
     assert code == 2, f"exit {code} for {args}: {err}"
     assert err.startswith(starts) and err.endswith("\n") and err.count("\n") == 1, f"{args}: {err!r}"
     assert "Traceback" not in err
-    after = snapshot(root)
+    after = snapshot(root, *also_watch)
     changed = [name for name, content in before.items() if after.get(name) != content]
     assert not changed, f"{args} changed {changed}"
     assert new_files_allowed or after.keys() == before.keys(), f"{args} created {set(after) - set(before)}"
@@ -492,4 +493,4 @@ def test_broken_files_are_refused_in_one_line(target, artefacts, tmp_path_factor
         patch.chdir(root)
         args = [a.replace("{f}", str(root / f"input{suffix}")).replace("{o}", str(root)).replace("{a}", str(artefacts))
                 for a in command]
-        assert_one_line_exit_2(args, root, new_files_allowed=True)
+        assert_one_line_exit_2(args, root, new_files_allowed=True, also_watch=(artefacts,))
