@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -26,26 +27,35 @@ class Budget:
         return self.fraction * full_value if self.fraction is not None else float(self.value)
 
 
-def parse_budget(cost: str, text: str) -> Budget:
+def parse_budget(cost: str, text: str, option: str | None = None) -> Budget:
+    """The budget `text` for `cost` ("flops", "params" or "latency"); errors name `option` (default `--<cost>`)."""
+    try:
+        return read_budget(cost, text)
+    except ValueError as exc:
+        raise HwbcnetError(f"{option or '--' + cost} {text!r}: {exc}") from None
+
+
+def read_budget(cost: str, text: str) -> Budget:
+    """`parse_budget` for callers that add their own context: a ValueError says what is allowed."""
     raw = text.strip()
     match = re.fullmatch(_NUMBER + r"\s*%", raw)
     if match:
         fraction = float(match.group(1)) / 100.0
         if not 0 < fraction <= 1:
-            raise HwbcnetError(f"--{cost} {text!r}: a percentage must lie in (0, 100]")
+            raise ValueError("a percentage must lie in (0, 100]")
         return Budget(cost, fraction=fraction, text=raw)
     if cost == "latency":
         match = re.fullmatch(_NUMBER + r"\s*(s|ms|us|µs)", raw)
         if not match:
-            raise HwbcnetError(f"--latency {text!r}: expected a time such as 10ms, 2.5ms, 800us or a percentage such as 60%")
+            raise ValueError("expected a time such as 10ms, 2.5ms, 800us or a percentage such as 60%")
         value = float(match.group(1)) * _TIME[match.group(2)]
     else:
         match = re.fullmatch(_NUMBER + r"\s*([kKMGT]?)", raw)
         if not match:
-            raise HwbcnetError(f"--{cost} {text!r}: expected a count such as 300M, 2.5G, 1e6 or a percentage such as 50%")
+            raise ValueError("expected a count such as 300M, 2.5G, 1e6 or a percentage such as 50%")
         value = float(match.group(1)) * _SUFFIX[match.group(2)]
-    if value <= 0:
-        raise HwbcnetError(f"--{cost} {text!r}: the budget must be positive")
+    if not 0 < value < math.inf:
+        raise ValueError("the budget must be positive and finite")
     return Budget(cost, value=value, text=raw)
 
 

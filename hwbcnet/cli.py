@@ -1,4 +1,9 @@
-"""The `hwbcnet` command line: a thin typer layer over the Python API (see README for a tour)."""
+"""The `hwbcnet` command line: a thin typer layer over the Python API (see README for a tour).
+
+Every option is declared through a value type of hwbcnet/cli_options.py, which checks it when the command line is
+parsed (read the convention at the top of that module before adding an option); bad values end in one line and
+exit code 2.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +13,79 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
+from hwbcnet.cli_options import (ARCH, CALIB, DATA, DEVICE, MODEL, MODEL_KWARGS, MODULE_GLOB, Budget, Choice,
+                                 ExistingFile, Float, Int, OutputDir, OutputFile)
 from hwbcnet.errors import HwbcnetError, MissingRuntimeError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+try:  # typer >= 0.2x carries its own copy of click
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - older typer on click
+    from click import exceptions as click_exceptions
+
+
+class _OneLineValueErrors(TyperGroup):
+    """typer's own errors about option values (no value after an option, a value given to a flag, a missing
+    option) as the same one-line HwbcnetError as the validators'. Unknown options and commands keep typer's usage
+    message."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click_exceptions.MissingParameter as exc:
+            help_text = getattr(exc.param, "help", None)
+            raise HwbcnetError(f"missing option {_option_name(exc.param)}" + (f": {help_text}" if help_text else "")) \
+                from None
+        except click_exceptions.BadParameter as exc:  # a converter other than ours (a contract violation)
+            raise HwbcnetError(f"{_option_name(exc.param)}: {exc.message}") from None
+        except click_exceptions.BadOptionUsage as exc:
+            reason = ("expected a value after it" if "requires an argument" in exc.message else
+                      "a flag takes no value" if "does not take a value" in exc.message else exc.message.rstrip("."))
+            raise HwbcnetError(f"{exc.option_name}: {reason}") from None
+
+
+def _option_name(param) -> str:
+    return max(getattr(param, "opts", None) or [getattr(param, "name", "?")], key=len)
+
+
+app = typer.Typer(cls=_OneLineValueErrors, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False,
                   help="Hardware-aware channel-width search with BCNet/BCNetV2 supernets.")
 
-ModelOpt = typer.Option(..., "--model", "-m", help="Built-in name (`hwbcnet models`), torchvision:NAME, timm:NAME, "
+# Value types shared by several options
+RESOLUTION = Int(8, 2048)
+SEED = Int(0, 2**32 - 1)
+EPOCHS = Int(1, 10_000)
+BATCH_SIZE = Int(1, 65_536)
+LEARNING_RATE = Float(0, 10, min_open=True)
+LOWER = Float(0, 1, max_open=True)
+MAX_STEPS = Int(1, 10**9)
+REPEATS = Int(1, 1_000)
+CHECKPOINT = ExistingFile(".pt", ".pth")
+SUBNET = ExistingFile(".pt", ".pth")
+SEARCH_RESULT = ExistingFile(".json")
+LUT_FILE = ExistingFile(".json")
+
+ModelOpt = MODEL.option(..., "--model", "-m", help="Built-in name (`hwbcnet models`), torchvision:NAME, timm:NAME, "
                         "package.module:factory or path/to/file.py:factory.")
-ModelKwargsOpt = typer.Option(None, "--model-kwargs", help="JSON keyword arguments of the model's factory, e.g. "
-                              "'{\"width_mult\": 0.5}'.")
-FixedOpt = typer.Option(None, "--fixed", help="Keep modules matching this glob at full width (repeatable), e.g. "
+ModelKwargsOpt = MODEL_KWARGS.option(None, "--model-kwargs", help="JSON keyword arguments of the model's factory, "
+                                     "e.g. '{\"width_mult\": 0.5}'.")
+FixedOpt = MODULE_GLOB.option(None, "--fixed", help="Keep modules matching this glob at full width (repeatable), e.g. "
                         "'features.0.*'.")
-ChannelDivisorOpt = typer.Option(None, "--channel-divisor", help="Every width a multiple of this (the full width "
-                                 "stays exact). Default: the device profile's (8 for TensorRT fp16), else 1.")
-BinsOpt = typer.Option(None, "--bins", help="N: bins per width variable (default: the model's).")
-MinBinsOpt = typer.Option(None, "--min-bins", help="m: minimum width in bins (default: the model's; 1 for ua/bcnet).")
-ResolutionOpt = typer.Option(None, "--resolution", help="Input resolution in pixels (default: the model's).")
-WidthMultOpt = typer.Option(1.0, "--width-mult", help="Width multiplier of the full model.")
+ChannelDivisorOpt = Int(1, 1024).option(None, "--channel-divisor", help="Every width a multiple of this (the full "
+                                        "width stays exact). Default: the device profile's (8 for TensorRT fp16), "
+                                        "else 1.")
+BinsOpt = Int(2, 64).option(None, "--bins", help="N: bins per width variable (default: the model's).")
+MinBinsOpt = Int(1, 64).option(None, "--min-bins", help="m: minimum width in bins (default: the model's; 1 for "
+                               "ua/bcnet).")
+ResolutionOpt = RESOLUTION.option(None, "--resolution", help="Input resolution in pixels (default: the model's).")
+WidthMultOpt = Float(0.05, 4).option(1.0, "--width-mult", help="Width multiplier of the full model.")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+MaxStepsOpt = MAX_STEPS.option(None, "--max-steps-per-epoch", help="Cap steps (quick runs).")
+DeviceOpt = DEVICE.option(..., "--device", "-d", help="Device profile name (see `hwbcnet devices`), jetson or gpu for "
+                          "this machine's own, or a .toml path.")
+LutOpt = LUT_FILE.option(None, "--lut", help="LUT file (default: lut/<device>/<model>-<resolution>-b<batch>.json).")
 
 
 def _space(model, bins=None, min_bins=None, resolution=None, width_mult=1.0, num_classes=10, model_kwargs=None,
@@ -59,14 +119,14 @@ def info(
     model_kwargs: Optional[str] = ModelKwargsOpt,
     fixed: Optional[List[str]] = FixedOpt,
     channel_divisor: Optional[int] = ChannelDivisorOpt,
-    arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Arch code, comma list, full, min, or a JSON file."),
+    arch: Optional[str] = ARCH.option(None, "--arch", "-a", help="Arch code, comma list, full, min, or a JSON file."),
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
     width_mult: float = WidthMultOpt,
-    device: Optional[str] = typer.Option(None, "--device", "-d", help="Also predict latency from this device's LUT."),
-    lut: Optional[Path] = typer.Option(None, "--lut", help="LUT file (default: lut/<device>/<model>-<res>-b<batch>.json)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    device: Optional[str] = DEVICE.option(None, "--device", "-d", help="Also predict latency from this device's LUT."),
+    lut: Optional[Path] = LutOpt,
+    as_json: bool = JsonOpt,
 ):
     """Widths per variable, FLOPs, params (and predicted latency with --device) of an arch (default: full width)."""
     from hwbcnet.api import describe_arch
@@ -76,7 +136,7 @@ def info(
     else:
         space = _space(model, bins, min_bins, resolution, width_mult, model_kwargs=model_kwargs, fixed=fixed,
                        channel_divisor=channel_divisor)
-    result = describe_arch(space, arch or "full", device=device, lut_path=lut)
+    result = describe_arch(space, "full" if arch is None else arch, device=device, lut_path=lut)
     if as_json:
         print(json.dumps(result))
         return
@@ -102,24 +162,27 @@ def train(
     model_kwargs: Optional[str] = ModelKwargsOpt,
     fixed: Optional[List[str]] = FixedOpt,
     channel_divisor: Optional[int] = ChannelDivisorOpt,
-    data: str = typer.Option("digits", "--data", help="digits | cifar10:<dir> | imagefolder:<dir> | synthetic[:n]"),
-    supernet: str = typer.Option("bcnetv2", "--supernet", help="Slicing principle: ua | bcnet | bcnetv2."),
-    epochs: int = typer.Option(10, "--epochs"),
-    out: Path = typer.Option(..., "--out", help="Output folder; the checkpoint is OUT/supernet.pt."),
+    data: str = DATA.option("digits", "--data", help="digits | cifar10:<dir> | imagefolder:<dir> | synthetic[:n]"),
+    supernet: str = Choice("ua", "bcnet", "bcnetv2").option("bcnetv2", "--supernet", help="Slicing principle."),
+    epochs: int = EPOCHS.option(10, "--epochs", help="Training epochs."),
+    out: Path = OutputDir().option(..., "--out", help="Output folder; the checkpoint is OUT/supernet.pt."),
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
     width_mult: float = WidthMultOpt,
-    batch_size: int = typer.Option(32, "--batch-size", help="Global batch (split evenly over torchrun processes)."),
-    lr: float = typer.Option(0.05, "--lr"),
-    weight_decay: float = typer.Option(5e-4, "--weight-decay"),
-    seed: int = typer.Option(0, "--seed"),
-    max_steps_per_epoch: Optional[int] = typer.Option(None, "--max-steps-per-epoch", help="Cap steps (quick runs)."),
+    batch_size: int = BATCH_SIZE.option(32, "--batch-size", help="Global batch (split evenly over torchrun "
+                                        "processes)."),
+    lr: float = LEARNING_RATE.option(0.05, "--lr", help="Peak learning rate (cosine schedule)."),
+    weight_decay: float = Float(0, 1, max_open=True).option(5e-4, "--weight-decay", help="SGD weight decay."),
+    seed: int = SEED.option(0, "--seed", help="Seed of initialisation, width draws and batch order."),
+    max_steps_per_epoch: Optional[int] = MaxStepsOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue OUT/supernet.pt."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Initialise the supernet from a state_dict of the "
-                                           "model (.pt/.pth, or .safetensors with the safetensors package)."),
-    device: Optional[str] = typer.Option(None, "--device", "-d", help="The device you will search for: its profile's "
-                                         "channel divisor shapes the width space (as `profile --device` does)."),
+    weights: Optional[Path] = ExistingFile(".pt", ".pth", ".safetensors").option(
+        None, "--weights", help="Initialise the supernet from a state_dict of the model (.pt/.pth, or .safetensors "
+        "with the safetensors package)."),
+    device: Optional[str] = DEVICE.option(None, "--device", "-d", help="The device you will search for: its "
+                                          "profile's channel divisor shapes the width space (as `profile --device` "
+                                          "does)."),
 ):
     """Train a slimmable supernet (left/right paths, complementary widths; sandwich rule for ua)."""
     from hwbcnet.space.models.sources import parse_model_source
@@ -149,20 +212,22 @@ def train(
 
 @app.command()
 def search(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Supernet checkpoint (DIR/supernet.pt)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Result file, e.g. DIR/search.json."),
-    flops: Optional[str] = typer.Option(None, "--flops", help="FLOPs budget: 50% of full, or 300M."),
-    params: Optional[str] = typer.Option(None, "--params", help="Params budget: 2M or 40%."),
-    latency: Optional[str] = typer.Option(None, "--latency", help="Latency budget: 10ms, 800us or 60% (needs --device)."),
-    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile whose LUT predicts latency."),
-    lut: Optional[Path] = typer.Option(None, "--lut", help="LUT file (default: lut/<device>/<model>-<res>-b<batch>.json)."),
-    lower: float = typer.Option(0.8, "--lower", help="Legal window is [lower x budget, budget] for every cost."),
-    init: str = typer.Option("prior", "--init", help="Initial population: prior | random."),
-    population: int = typer.Option(50, "--population"),
-    generations: int = typer.Option(40, "--generations"),
-    top_k: int = typer.Option(10, "--top-k"),
-    seed: int = typer.Option(0, "--seed"),
-    calibration_batches: int = typer.Option(20, "--bn-batches", help="Training batches for per-path BN recalibration."),
+    checkpoint: Path = CHECKPOINT.option(..., "--checkpoint", "-c", help="Supernet checkpoint (DIR/supernet.pt)."),
+    out: Path = OutputFile(".json").option(..., "--out", "-o", help="Result file, e.g. DIR/search.json."),
+    flops: Optional[str] = Budget("flops").option(None, "--flops", help="FLOPs budget: 50% of full, or 300M."),
+    params: Optional[str] = Budget("params").option(None, "--params", help="Params budget: 2M or 40%."),
+    latency: Optional[str] = Budget("latency").option(None, "--latency", help="Latency budget: 10ms, 800us or 60% "
+                                                      "(needs --device)."),
+    device: Optional[str] = DEVICE.option(None, "--device", "-d", help="Device profile whose LUT predicts latency."),
+    lut: Optional[Path] = LutOpt,
+    lower: float = LOWER.option(0.8, "--lower", help="Legal window is \\[lower x budget, budget] for every cost."),
+    init: str = Choice("prior", "random").option("prior", "--init", help="Initial population."),
+    population: int = Int(2, 10_000).option(50, "--population", help="Archs per generation."),
+    generations: int = Int(1, 10_000).option(40, "--generations", help="Generations of the evolution."),
+    top_k: int = Int(1, 1_000).option(10, "--top-k", help="Size of the elitist archive that parents come from."),
+    seed: int = SEED.option(0, "--seed", help="Seed of the search."),
+    calibration_batches: int = Int(1, 10_000).option(20, "--bn-batches", help="Training batches for per-path BN "
+                                                     "recalibration."),
 ):
     """Evolutionary width search under budgets, scored by the supernet (resumable)."""
     from hwbcnet.reporting import console, table
@@ -187,10 +252,10 @@ def search(
 
 @app.command()
 def extract(
-    search_result: Path = typer.Option(..., "--search", "-s", help="search.json from `hwbcnet search`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Subnet file, e.g. DIR/subnet.pt."),
-    path: Optional[str] = typer.Option(None, "--path", help="Supernet path to inherit: left | right (default: the "
-                                       "higher-scoring one)."),
+    search_result: Path = SEARCH_RESULT.option(..., "--search", "-s", help="search.json from `hwbcnet search`."),
+    out: Path = OutputFile(".pt", ".pth").option(..., "--out", "-o", help="Subnet file, e.g. DIR/subnet.pt."),
+    path: Optional[str] = Choice("left", "right").option(None, "--path", help="Supernet path to inherit (default: "
+                                                         "the higher-scoring one)."),
 ):
     """Build the standalone pruned model with weights inherited from the supernet."""
     from hwbcnet.reporting import console, table
@@ -203,13 +268,14 @@ def extract(
 
 @app.command()
 def finetune(
-    subnet: Path = typer.Option(..., "--subnet", help="subnet.pt from `hwbcnet extract`."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output (default: overwrite --subnet atomically)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Data spec (default: the one it was searched on)."),
-    epochs: int = typer.Option(5, "--epochs"),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    lr: float = typer.Option(0.01, "--lr"),
-    seed: int = typer.Option(0, "--seed"),
+    subnet: Path = SUBNET.option(..., "--subnet", help="subnet.pt from `hwbcnet extract`."),
+    out: Optional[Path] = OutputFile(".pt", ".pth").option(None, "--out", "-o", help="Output (default: overwrite "
+                                                           "--subnet atomically)."),
+    data: Optional[str] = DATA.option(None, "--data", help="Data spec (default: the one it was searched on)."),
+    epochs: int = EPOCHS.option(5, "--epochs", help="Fine-tuning epochs."),
+    batch_size: int = BATCH_SIZE.option(32, "--batch-size", help="Batch size."),
+    lr: float = LEARNING_RATE.option(0.01, "--lr", help="Peak learning rate (cosine schedule)."),
+    seed: int = SEED.option(0, "--seed", help="Seed of the batch order."),
 ):
     """Fine-tune an extracted subnet and report accuracy before and after."""
     from hwbcnet.reporting import console, table
@@ -226,14 +292,16 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("cbm")
 def bench_cbm(
-    space: str = typer.Option("resnet", "--space", help="resnet | mobilenet"),
-    flops: str = typer.Option("50%", "--flops"),
-    queries: int = typer.Option(500, "--queries", help="Oracle queries per method and seed."),
-    seeds: int = typer.Option(10, "--seeds"),
-    lower: float = typer.Option(0.8, "--lower"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A cbm-* supernet: rank all archs with it."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="With --checkpoint: score only this many random archs."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    space: str = Choice("resnet", "mobilenet").option("resnet", "--space", help="Channel-Bench-Macro space."),
+    flops: str = Budget("flops").option("50%", "--flops", help="FLOPs budget: 50% of full, or 300M."),
+    queries: int = Int(1, 1_000_000).option(500, "--queries", help="Oracle queries per method and seed."),
+    seeds: int = Int(1, 1_000).option(10, "--seeds", help="Repetitions of every method."),
+    lower: float = LOWER.option(0.8, "--lower", help="Legal window is \\[lower x budget, budget]."),
+    checkpoint: Optional[Path] = CHECKPOINT.option(None, "--checkpoint", help="A cbm-* supernet: rank all archs with "
+                                                   "it."),
+    limit: Optional[int] = Int(2, 1_000_000).option(None, "--limit", help="With --checkpoint: score only this many "
+                                                    "random archs."),
+    as_json: bool = JsonOpt,
 ):
     """Channel-Bench-Macro: evolution (prior/random init) vs random search with the ground truth as oracle."""
     from hwbcnet.reporting import console, table
@@ -271,13 +339,9 @@ def _device_space(device: str, model: str, bins, min_bins, resolution, width_mul
                            channel_divisor=channel_divisor)
 
 
-DeviceOpt = typer.Option(..., "--device", "-d", help="Device profile name (see `hwbcnet devices`), jetson or gpu for "
-                         "this machine's own, or a .toml path.")
-LutOpt = typer.Option(None, "--lut", help="LUT file (default: lut/<device>/<model>-<resolution>-b<batch>.json).")
-
 
 @app.command()
-def devices(as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout.")):
+def devices(as_json: bool = JsonOpt):
     """List the device profiles (shipped in profiles/; pass your own with --device path/to/own.toml)."""
     from hwbcnet.hardware.profiles import list_profiles
     from hwbcnet.reporting import console, table
@@ -305,8 +369,9 @@ def profile(
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
     width_mult: float = WidthMultOpt,
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="LUT file (default: lut/<device>/<model>-<res>-b<batch>.json)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the shuffled measurement order."),
+    out: Optional[Path] = OutputFile(".json").option(None, "--out", "-o", help="LUT file (default: "
+                                                     "lut/<device>/<model>-<res>-b<batch>.json)."),
+    seed: int = SEED.option(0, "--seed", help="Seed of the shuffled measurement order."),
 ):
     """Time every cell the model's width space can produce on the device into a LUT (resumable: rerun after a kill)."""
     from hwbcnet.hardware.profiler import build_lut
@@ -337,9 +402,9 @@ def lut_calibrate(
     resolution: Optional[int] = ResolutionOpt,
     width_mult: float = WidthMultOpt,
     lut: Optional[Path] = LutOpt,
-    samples: int = typer.Option(12, "--samples", help="Measured subnets (full, min and random ones)."),
-    repeats: int = typer.Option(1, "--repeats", help="Interleaved measurement rounds per subnet (median)."),
-    seed: int = typer.Option(0, "--seed"),
+    samples: int = Int(3, 10_000).option(12, "--samples", help="Measured subnets (full, min and random ones)."),
+    repeats: int = REPEATS.option(1, "--repeats", help="Interleaved measurement rounds per subnet (median)."),
+    seed: int = SEED.option(0, "--seed", help="Seed of the random subnets."),
 ):
     """Fit the per-device calibration T = a + b * sum(cells) on measured subnets and store it in the LUT."""
     from hwbcnet.costs.calibration import calibrate_lut
@@ -363,13 +428,15 @@ def lut_validate(
     resolution: Optional[int] = ResolutionOpt,
     width_mult: float = WidthMultOpt,
     lut: Optional[Path] = LutOpt,
-    samples: int = typer.Option(50, "--samples", help="Random subnets to predict and measure."),
-    repeats: int = typer.Option(3, "--repeats", help="Interleaved measurement rounds per subnet (median)."),
-    calibrate: int = typer.Option(0, "--calibrate", help="Refit the calibration on this many extra subnets measured "
-                                  "in the same rounds (robust to a machine whose speed drifts between runs)."),
-    seed: int = typer.Option(1, "--seed"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Predicted-vs-measured PNG (default: next to the LUT)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    samples: int = Int(3, 100_000).option(50, "--samples", help="Random subnets to predict and measure."),
+    repeats: int = REPEATS.option(3, "--repeats", help="Interleaved measurement rounds per subnet (median)."),
+    calibrate: int = Int(3, 10_000, also=(0,)).option(0, "--calibrate", help="Refit the calibration on this many "
+                                                      "extra subnets measured in the same rounds (robust to a "
+                                                      "machine whose speed drifts between runs)."),
+    seed: int = SEED.option(1, "--seed", help="Seed of the random subnets."),
+    plot: Optional[Path] = OutputFile(".png").option(None, "--plot", help="Predicted-vs-measured PNG (default: next "
+                                                     "to the LUT)."),
+    as_json: bool = JsonOpt,
 ):
     """Measure random subnets end to end and compare with the LUT prediction (MdAPE, +-5/10 %, Spearman, Kendall)."""
     from hwbcnet.hardware.lut import lut_path as default_lut_path
@@ -404,8 +471,9 @@ def lut_show(
     resolution: Optional[int] = ResolutionOpt,
     width_mult: float = WidthMultOpt,
     lut: Optional[Path] = LutOpt,
-    heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="Heat-map PNG (default: next to the LUT)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    heatmap: Optional[Path] = OutputFile(".png").option(None, "--heatmap", help="Heat-map PNG (default: next to "
+                                                        "the LUT)."),
+    as_json: bool = JsonOpt,
 ):
     """Summarise a LUT and write a latency heat-map PNG (cell time over input x output widths per layer)."""
     from hwbcnet.hardware.lut import Lut
@@ -429,26 +497,32 @@ def lut_show(
 
 @app.command()
 def export(
-    search_result: Optional[Path] = typer.Option(None, "--search", "-s", help="search.json (extracts the subnet)."),
-    subnet: Optional[Path] = typer.Option(None, "--subnet", help="subnet.pt from `extract` or `finetune`."),
-    from_onnx: Optional[Path] = typer.Option(None, "--from-onnx", help="Build a TensorRT engine from this ONNX file "
-                                             "(exported elsewhere: needs neither torch nor the supernet here)."),
-    onnx_path: Optional[Path] = typer.Option(None, "--onnx", help="Output ONNX file (default: next to the "
-                                             "--search/--subnet file, same name with .onnx)."),
+    search_result: Optional[Path] = SEARCH_RESULT.option(None, "--search", "-s", help="search.json (extracts the "
+                                                         "subnet)."),
+    subnet: Optional[Path] = SUBNET.option(None, "--subnet", help="subnet.pt from `extract` or `finetune`."),
+    from_onnx: Optional[Path] = ExistingFile(".onnx").option(None, "--from-onnx", help="Build a TensorRT engine from "
+                                                             "this ONNX file (exported elsewhere: needs neither torch "
+                                                             "nor the supernet here)."),
+    onnx_path: Optional[Path] = OutputFile(".onnx").option(None, "--onnx", help="Output ONNX file (default: next to "
+                                                           "the --search/--subnet file, same name with .onnx)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Symbolic batch dimension."),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Batch size (default: 1; with --from-onnx the "
-                                        "model's fixed batch, else the device profile's)."),
-    opset: int = typer.Option(17, "--opset"),
+    batch: Optional[int] = Int(1, 4096).option(None, "--batch", help="Batch size (default: 1; with --from-onnx the "
+                                               "model's fixed batch, else the device profile's)."),
+    # 17: TensorRT 10 and INT8 Q/DQ need it; 20: the newest opset of torch's TorchScript exporter
+    opset: int = Int(17, 20).option(17, "--opset", help="ONNX opset."),
     trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine (needs TensorRT and a GPU)."),
-    engine: Optional[Path] = typer.Option(None, "--engine", help="Engine path (default: the ONNX path with .engine)."),
+    engine: Optional[Path] = OutputFile().option(None, "--engine", help="Engine path (default: the ONNX path with "
+                                                 ".engine)."),
     fp16: bool = typer.Option(False, "--fp16", help="TensorRT fp16 engine."),
     int8: bool = typer.Option(False, "--int8", help="TensorRT INT8 engine through Q/DQ nodes."),
-    calib: str = typer.Option("digits", "--calib", help="INT8 calibration images: a data spec or a folder."),
-    calib_images: int = typer.Option(512, "--calib-images"),
-    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile for the engine: its precision "
-                                         "(unless --fp16/--int8), batch and timing cache; `jetson`/`gpu`: this machine's."),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache"),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    calib: str = CALIB.option("digits", "--calib", help="INT8 calibration images: a data spec or a folder."),
+    calib_images: int = Int(1, 1_000_000).option(512, "--calib-images", help="INT8 calibration images to use."),
+    device: Optional[str] = DEVICE.option(None, "--device", "-d", help="Device profile for the engine: its "
+                                          "precision (unless --fp16/--int8), batch and timing cache; `jetson`/`gpu`: "
+                                          "this machine's."),
+    timing_cache: Optional[Path] = OutputFile().option(None, "--timing-cache", help="TensorRT timing cache (read "
+                                                       "and updated)."),
+    as_json: bool = JsonOpt,
 ):
     """Export the searched subnet: physically pruned ONNX (checked against PyTorch), optionally a TensorRT engine;
     or, with --from-onnx, build the engine on the target from an ONNX file exported elsewhere."""
@@ -503,12 +577,14 @@ def export(
 @app.command()
 def verify(
     device: str = DeviceOpt,
-    model: Path = typer.Option(..., "--model", "-m", help="Exported ONNX model, or a TensorRT engine (.engine) "
-                               "built by `hwbcnet export --trt` (timed as it is, on a tensorrt device)."),
-    budget: Optional[str] = typer.Option(None, "--budget", help="Latency budget, e.g. 10ms."),
+    model: Path = ExistingFile().option(
+        ..., "--model", "-m", help="Exported ONNX model, or a TensorRT engine (.engine) built by `hwbcnet export "
+        "--trt` (timed as it is, on a tensorrt device)."),
+    budget: Optional[str] = Budget("latency", absolute=True).option(None, "--budget", help="Latency budget, e.g. "
+                                                                     "10ms."),
     lut: Optional[Path] = LutOpt,
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when the measurement exceeds the budget."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    as_json: bool = JsonOpt,
 ):
     """Measure an exported model or engine with the device profile's settings: measured vs LUT-predicted vs budget."""
     from hwbcnet.export.verify import verify as verify_model
@@ -535,12 +611,13 @@ def verify(
 
 @app.command()
 def quickstart(
-    out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Output folder (each stage is cached here)."),
-    epochs: int = typer.Option(8, "--epochs", help="Supernet training epochs."),
-    max_steps_per_epoch: Optional[int] = typer.Option(None, "--max-steps-per-epoch", help="Cap steps (quick runs)."),
-    generations: int = typer.Option(5, "--generations", help="Search generations."),
-    resolution: int = typer.Option(32, "--resolution", help="Input resolution (digits are upsampled from 8x8)."),
-    device: str = typer.Option("cpu", "--device", "-d", help="Device profile for the LUT and verification."),
+    out: Path = OutputDir().option(Path("runs/quickstart"), "--out", "-o", help="Output folder (each stage is "
+                                   "cached here)."),
+    epochs: int = EPOCHS.option(8, "--epochs", help="Supernet training epochs."),
+    max_steps_per_epoch: Optional[int] = MaxStepsOpt,
+    generations: int = Int(1, 10_000).option(5, "--generations", help="Search generations."),
+    resolution: int = RESOLUTION.option(32, "--resolution", help="Input resolution (digits are upsampled from 8x8)."),
+    device: str = DEVICE.option("cpu", "--device", "-d", help="Device profile for the LUT and verification."),
 ):
     """The whole loop on the bundled digits data: train, LUT, search (latency + FLOPs), extract, export, verify."""
     from hwbcnet.quickstart import QuickstartConfig, run_quickstart
@@ -549,11 +626,16 @@ def quickstart(
                                     generations=generations, resolution=resolution, device=device))
 
 
+def one_line(text: str) -> str:
+    """`text` with line breaks and other unprintable characters escaped (a message may quote a file's name)."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     try:
         app(args=argv, prog_name="hwbcnet")
     except HwbcnetError as exc:
-        print(f"hwbcnet: error: {exc}", file=sys.stderr)
+        print(f"hwbcnet: error: {one_line(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("hwbcnet: interrupted", file=sys.stderr)

@@ -95,7 +95,8 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
 
     started = _stage("4/6 extract and fine-tune the subnet")
     subnet_file = out / "subnet.pt"
-    cached = subnet_file.exists() and load_subnet(subnet_file)[3]["source"]["search_sha256"] == file_sha256(search_file)
+    cached = (subnet_file.exists() and
+              load_subnet(subnet_file)[3].get("source", {}).get("search_sha256") == file_sha256(search_file))
     if cached:
         console.print(f"cached: {subnet_file}")
     else:

@@ -55,3 +55,25 @@ def test_bench_cbm_json(capsys):
     assert code in (0, None)
     methods = json.loads(out)["methods"]
     assert {"regret_mean", "acc_mean", "rank_mean"} <= set(methods["random"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["search", "--checkpoint", "{tmp}/supernet.pt", "--flops", "50%", "--generations", "-1", "--out", "{tmp}/s.json"],
+     "--generations '-1': expected an integer from 1 to 10000"),
+    (["train", "--model", "resnet20", "--out", "{tmp}/file"],
+     "--out '{tmp}/file': is a file; expected a folder (created when missing)"),
+    (["train", "--model", "resnet20", "--epochs", "-1", "--out", "{tmp}/run"],
+     "--epochs '-1': expected an integer from 1 to 10000"),
+    (["info", "--model", "resnet20", "--arch", ""],
+     "--arch '': expected a digit code such as 4432214, a comma list such as 8,6,8, full, min or an arch .json file"),
+])
+def test_the_commands_of_issue_12_are_refused_as_typed(args, message, tmp_path):
+    """Once a traceback, an exception, a silent -1 epochs run and an empty arch taken as the full width."""
+    (tmp_path / "supernet.pt").write_bytes(b"not read: the bad option is refused first")
+    (tmp_path / "file").write_text("a user's file\n")
+    result = subprocess.run([sys.executable, "-m", "hwbcnet", *[a.replace("{tmp}", str(tmp_path)) for a in args]],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"hwbcnet: error: {message.replace('{tmp}', str(tmp_path))}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "supernet.pt"]
+    assert (tmp_path / "file").read_text() == "a user's file\n"

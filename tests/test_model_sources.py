@@ -87,7 +87,7 @@ def test_module_factory(model_file, monkeypatch):
     ("FILE:missing", None, "has no callable 'missing'"),
     ("nowhere/model.py:build", None, "not found"),
     ("no_such_package_xyz:build", None, "cannot import no_such_package_xyz"),
-    ("resnet20x", None, "unknown model 'resnet20x'"),
+    ("resnet20x", None, "--model 'resnet20x': unknown model; use a built-in name"),
     ("FILE:build", '{"width": ', "not valid JSON"),
     ("FILE:build", '{"num_classes": 3}', "num_classes comes from the data"),
     ("resnet20", '{"depth": 3}', "takes no keyword arguments"),

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hwbcnet.data.specs import DATA_SPECS, parse_data_spec, synthetic_size
 from hwbcnet.data.splits import DataSplits, ImageDataset, stratified_split
 from hwbcnet.data.transforms import (
     CIFAR10_MEAN,
@@ -22,15 +23,11 @@ from hwbcnet.data.transforms import (
 )
 from hwbcnet.errors import HwbcnetError
 
-DATA_KINDS = ("digits", "synthetic", "cifar10", "imagefolder")
-DATA_SPECS = "digits, synthetic[:N], cifar10:<dir> or imagefolder:<dir>"
 TRAIN_VAL_TEST = (0.70, 0.15, 0.15)
 HELD_OUT_VAL = 0.10  # val carved from a training set that comes with its own test set (CIFAR-10: 5,000 of 50,000)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 _SUFFIX_LIST = "/".join(sorted(IMAGE_SUFFIXES))
 SYNTHETIC_CLASSES = 10
-SYNTHETIC_DEFAULT_SIZE = 5000
-SYNTHETIC_MIN_SIZE = 100
 
 
 def load_data(spec: str = "digits", resolution: int = 32, seed: int = 0) -> DataSplits:
@@ -38,17 +35,18 @@ def load_data(spec: str = "digits", resolution: int = 32, seed: int = 0) -> Data
     of `DataSplits.loader` (batch order and training augmentation)."""
     if not isinstance(resolution, int) or resolution < 1:
         raise HwbcnetError(f"resolution {resolution!r}: expected a positive number of pixels such as 32 or 224")
-    kind, _, argument = spec.partition(":")
-    if kind == "digits" and not argument:
+    try:
+        kind, argument = parse_data_spec(spec)
+    except ValueError as exc:
+        raise HwbcnetError(f"--data {spec!r}: {exc}") from None
+    if kind == "digits":
         splits = _digits(resolution)
     elif kind == "synthetic":
-        splits = _synthetic(_synthetic_size(argument), resolution)
-    elif kind == "cifar10" and argument:
+        splits = _synthetic(synthetic_size(argument), resolution)
+    elif kind == "cifar10":
         splits = _cifar10(Path(argument).expanduser(), resolution)
-    elif kind == "imagefolder" and argument:
-        splits = _image_folder(Path(argument).expanduser(), resolution)
     else:
-        raise HwbcnetError(f"--data {spec!r}: expected {DATA_SPECS}")
+        splits = _image_folder(Path(argument).expanduser(), resolution)
     splits.seed = seed
     return splits
 
@@ -89,14 +87,6 @@ def _digits(resolution: int) -> DataSplits:
 
 
 # -------------------------------------------------------------------------------------------------- synthetic
-def _synthetic_size(argument: str) -> int:
-    if not argument:
-        return SYNTHETIC_DEFAULT_SIZE
-    if not argument.isdigit() or int(argument) < SYNTHETIC_MIN_SIZE:
-        raise HwbcnetError(f"synthetic:{argument}: expected synthetic:N with N >= {SYNTHETIC_MIN_SIZE} images in total")
-    return int(argument)
-
-
 def _synthetic(size: int, resolution: int) -> DataSplits:
     """Each class is a fixed smooth random pattern (4x4 upsampled) buried in per-pixel unit noise: cheap to make,
     learnable, and never held in memory."""

@@ -12,6 +12,7 @@ or, without a LUT or torch here, from the prediction recorded at export time for
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from hwbcnet.budgets import parse_budget
@@ -108,12 +109,12 @@ def _budget_ms(budget: float | str | None) -> float | None:
     if budget is None:
         return None
     if isinstance(budget, str):
-        parsed = parse_budget("latency", budget)
+        parsed = parse_budget("latency", budget, option="--budget")
         if parsed.value is None:
             raise HwbcnetError(f"--budget {budget!r}: verify needs an absolute time such as 10ms, not a percentage")
         return parsed.value
-    if budget <= 0:
-        raise HwbcnetError(f"--budget {budget}: the budget must be positive")
+    if not 0 < budget < math.inf:
+        raise HwbcnetError(f"--budget {budget}: the budget must be positive and finite")
     return float(budget)
 
 

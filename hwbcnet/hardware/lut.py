@@ -35,7 +35,7 @@ from typing import Iterable
 import numpy as np
 
 from hwbcnet.errors import HwbcnetError
-from hwbcnet.fileio import atomic_write_json, read_json
+from hwbcnet.fileio import NUMBER, atomic_write_json, check_fields, read_json
 from hwbcnet.hardware.cells import CellKey, lut_key
 from hwbcnet.hardware.profiles import Profile
 
@@ -43,8 +43,8 @@ KIND = "hwbcnet.lut"
 SCHEMA_VERSION = 1
 METHOD = ("differential: slope of median time over models with k parallel copies of the cell; add cells minus the "
           "same models without the add; median over passes in shuffled order")
-_REQUIRED = ("device", "settings", "settings_tag", "model", "resolution", "batch", "space", "provenance", "cells",
-             "partial", "calibration")
+_FIELDS = {"device": str, "settings": dict, "settings_tag": str, "model": str, "resolution": int, "batch": int,
+           "space": dict, "provenance": dict, "cells": dict, "partial": dict, "calibration": (dict, type(None))}
 _QUANTILES = ("p10_ms", "p25_ms", "p75_ms", "p90_ms")
 
 
@@ -110,14 +110,12 @@ class Lut:
         """Read a LUT; with `space`/`profile`, refuse one built for another model, resolution, width space, device
         or settings."""
         path = Path(path)
-        data = read_json(path, kind=KIND, schema_version=SCHEMA_VERSION)
-        missing = [name for name in _REQUIRED if name not in data]
-        if missing or not isinstance(data["cells"], dict) or not isinstance(data["partial"], dict):
-            raise HwbcnetError(f"{path}: LUT is corrupt (missing {', '.join(missing) or 'cell tables'}); "
-                               "delete it and run `hwbcnet profile` again")
+        data = check_fields(read_json(path, kind=KIND, schema_version=SCHEMA_VERSION), _FIELDS, path)
+        if data["calibration"] is not None:
+            check_fields(data["calibration"], {"a_ms": NUMBER, "b": NUMBER, "n": int, "residuals": dict}, path,
+                         "calibration.")
         for key, entry in data["cells"].items():
-            if not isinstance(entry, dict) or not isinstance(entry.get("median_ms"), (int, float)):
-                raise HwbcnetError(f"{path}: LUT is corrupt (cell {key!r} has no median_ms); delete it and re-profile")
+            check_fields(entry, {"median_ms": NUMBER}, path, f"cells[{key!r}].")
         lut = cls(path, data)
         if space is not None:
             lut.check_space(space)

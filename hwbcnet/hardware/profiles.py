@@ -27,6 +27,8 @@ is part of `settings()`, which a LUT file records and checks on load.
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
@@ -121,64 +123,107 @@ class Profile:
 
 
 _TIMING_KEYS = {f for f in TimingPolicy.__dataclass_fields__}
+_TIMING_COUNTS = {"warmup_runs", "repeats", "max_remeasure"}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # the LUT folder: lut/<name>/
 
 
-def _timing(section: dict, where: str, default: TimingPolicy) -> TimingPolicy:
-    unknown = set(section) - _TIMING_KEYS
+class _Fields:
+    """Typed reads of one TOML table: a missing key gives the default, a wrong type or range names the key."""
+
+    def __init__(self, data, where: str, source: str):
+        if not isinstance(data, dict):
+            raise HwbcnetError(f"{source}: [{where}] must be a table")
+        self.data, self.where, self.source = data, where, source
+
+    def fail(self, key: str, expected: str):
+        prefix = f"{self.where}." if self.where else ""
+        raise HwbcnetError(f"{self.source}: {prefix}{key} = {self.data[key]!r}: expected {expected}")
+
+    def table(self, key: str) -> "_Fields":
+        return _Fields(self.data.get(key, {}), f"{self.where}.{key}" if self.where else key, self.source)
+
+    def integer(self, key: str, default, minimum: int):
+        value = self.data.get(key, default)
+        if key in self.data and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+            self.fail(key, f"an integer >= {minimum}")
+        return value
+
+    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not minimum <= value < math.inf:
+            self.fail(key, f"a finite number >= {minimum}")
+        return float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, "true or false")
+        return value
+
+    def text(self, key: str, default, choices=None):
+        value = self.data.get(key, default)
+        if key in self.data and (not isinstance(value, str) or (choices and value not in choices)):
+            self.fail(key, f"one of {', '.join(choices)}" if choices else "a string")
+        return value
+
+
+def _timing(fields: _Fields, default: TimingPolicy) -> TimingPolicy:
+    unknown = set(fields.data) - _TIMING_KEYS
     if unknown:
-        raise HwbcnetError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(_TIMING_KEYS)}")
-    return TimingPolicy(**{**asdict(default), **section})
+        raise HwbcnetError(f"{fields.source} [{fields.where}]: unknown keys {sorted(unknown)}; "
+                           f"allowed: {sorted(_TIMING_KEYS)}")
+    values = asdict(default)
+    for key in fields.data:
+        values[key] = fields.integer(key, None, 0) if key in _TIMING_COUNTS else fields.number(key, 0.0)
+    return TimingPolicy(**values)
 
 
 def _parse(data: dict, source: str) -> Profile:
     missing = [key for key in ("name", "backend", "precision", "batch") if key not in data]
     if missing:
         raise HwbcnetError(f"{source}: device profile is missing {', '.join(missing)}")
+    top = _Fields(data, "", source)
+    if not isinstance(data["name"], str) or not _NAME.fullmatch(data["name"]):
+        top.fail("name", "a name of letters, digits, '.', '_' and '-' (it names the LUT folder)")
     if data["backend"] not in BACKENDS:
         raise HwbcnetError(f"{source}: backend {data['backend']!r} is not one of {', '.join(BACKENDS)}")
     if data["precision"] not in PRECISIONS:
         raise HwbcnetError(f"{source}: precision {data['precision']!r} is not one of {', '.join(PRECISIONS)}")
-    ort = data.get("onnxruntime", {})
-    trt = data.get("tensorrt", {})
-    jetson = data.get("jetson", {})
-    timing = data.get("timing", {})
-    level = ort.get("optimization_level", "all")
-    if level not in ORT_LEVELS:
-        raise HwbcnetError(f"{source}: onnxruntime.optimization_level {level!r} is not one of {', '.join(ORT_LEVELS)}")
-    branches = tuple(int(k) for k in timing.get("branches", (1, 4)))
+    ort, trt, jetson, timing = (top.table(key) for key in ("onnxruntime", "tensorrt", "jetson", "timing"))
+    level = ort.text("optimization_level", "all", ORT_LEVELS)
+    branches = timing.data.get("branches", [1, 4])
+    if not isinstance(branches, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in branches):
+        timing.fail("branches", "a list of integers such as [1, 4]")
     if len(set(branches)) < 2 or min(branches) < 1:
         raise HwbcnetError(f"{source}: timing.branches {list(branches)} needs at least two distinct counts >= 1")
-    if data["batch"] < 1 or data.get("threads", 1) < 1 or timing.get("passes", 2) < 1:
-        raise HwbcnetError(f"{source}: batch, threads and timing.passes must be >= 1")
     divisor = data.get("channel_divisor", 1)
     if divisor == "auto":
         from hwbcnet.hardware.backends.onnxruntime import nchwc_block_size
 
         divisor = nchwc_block_size()
-    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
-        raise HwbcnetError(f"{source}: channel_divisor = {divisor!r}: expected a whole number >= 1 (1: any width) "
-                           "or \"auto\"")
+    if isinstance(divisor, bool) or not isinstance(divisor, int) or not 1 <= divisor <= 1024:
+        top.fail("channel_divisor", "a whole number from 1 (any width) to 1024, or \"auto\"")
     base = Profile(name="", description="", backend="onnxruntime", precision="fp32", batch=1, threads=1)
     return Profile(
-        name=str(data["name"]),
-        description=str(data.get("description", "")),
+        name=data["name"],
+        description=top.text("description", ""),
         backend=data["backend"],
         precision=data["precision"],
-        batch=int(data["batch"]),
-        threads=int(data.get("threads", 1)),
-        resolution=data.get("resolution"),
+        batch=top.integer("batch", 1, 1),
+        threads=top.integer("threads", 1, 1),
+        resolution=top.integer("resolution", None, 8),
         optimization_level=level,
-        allow_spinning=bool(ort.get("allow_spinning", True)),
-        cuda_graphs=bool(trt.get("cuda_graphs", False)),
-        workspace_mb=int(trt.get("workspace_mb", 1024)),
-        min_sample_ms=float(trt.get("min_sample_ms", 0.05)),
-        power_mode=jetson.get("power_mode"),
-        locked_clocks=bool(jetson.get("locked_clocks", False)),
+        allow_spinning=ort.flag("allow_spinning", True),
+        cuda_graphs=trt.flag("cuda_graphs", False),
+        workspace_mb=trt.integer("workspace_mb", 1024, 1),
+        min_sample_ms=trt.number("min_sample_ms", 0.05),
+        power_mode=jetson.text("power_mode", None),
+        locked_clocks=jetson.flag("locked_clocks", False),
         channel_divisor=divisor,
-        passes=int(timing.get("passes", 2)),
+        passes=timing.integer("passes", 2, 1),
         branches=tuple(sorted(set(branches))),
-        cell_timing=_timing(timing.get("cell", {}), f"{source} [timing.cell]", base.cell_timing),
-        model_timing=_timing(timing.get("model", {}), f"{source} [timing.model]", base.model_timing),
+        cell_timing=_timing(timing.table("cell"), base.cell_timing),
+        model_timing=_timing(timing.table("model"), base.model_timing),
         source=source,
     )
 
@@ -212,13 +257,15 @@ def load_profile(name_or_path: str | Path) -> Profile:
         raise HwbcnetError(RETIRED[text])
     if text in shipped:
         return _load_file(shipped[text])
-    if text.endswith(".toml") or Path(text).exists():
-        path = Path(text)
-        if not path.is_file():
-            raise HwbcnetError(f"device profile {path}: file not found")
-        return _load_file(path)
-    raise HwbcnetError(f"unknown device {text!r}; known devices: {', '.join(sorted(shipped))}, or "
-                       f"{' / '.join(MACHINE_ALIASES)} for this machine's own (or pass the path of your own .toml)")
+    try:
+        is_file = Path(text).is_file()
+    except (OSError, ValueError):  # a name too long or with a NUL byte is no file either
+        is_file = False
+    if not is_file:
+        what = f"device profile {text!r}: file not found" if text.endswith(".toml") else f"unknown device {text!r}"
+        raise HwbcnetError(f"{what}; known devices: {', '.join(sorted(shipped))}, or {' / '.join(MACHINE_ALIASES)} for "
+                           "this machine's own (or pass the path of your own .toml)")
+    return _load_file(Path(text))
 
 
 def resolve_machine_profile(alias: str) -> Profile:
@@ -241,6 +288,8 @@ def _load_file(path: Path) -> Profile:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise HwbcnetError(f"device profile {path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise HwbcnetError(f"device profile {path}: cannot be read ({exc.strerror})") from None
     try:
         return _parse(data, str(path))
     except (TypeError, ValueError) as exc:

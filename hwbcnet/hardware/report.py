@@ -19,7 +19,7 @@ def lut_summary(lut: Lut) -> dict:
     for key, entry in cells.items():
         group = by_kind.setdefault(CellKey.parse(key).kind, {"cells": 0, "unstable": 0, "median_ms": []})
         group["cells"] += 1
-        group["unstable"] += not entry["stable"]
+        group["unstable"] += entry.get("stable") is False
         group["median_ms"].append(entry["median_ms"])
     for group in by_kind.values():
         values = group.pop("median_ms")
@@ -38,12 +38,12 @@ def lut_summary(lut: Lut) -> dict:
         "date": provenance.get("date"),
         "cells": len(cells),
         "incomplete_cells": len(lut.partial),
-        "unstable_cells": sum(not entry["stable"] for entry in cells.values()),
+        "unstable_cells": sum(entry.get("stable") is False for entry in cells.values()),
         "by_kind": by_kind,
         "slowest": [{"cell": key.split(" | ")[0], "median_ms": entry["median_ms"]} for key, entry in slowest],
         "calibration": None if lut.calibration is None else
         {name: lut.calibration[name] for name in ("a_ms", "b", "n", "residuals")},
-        "measure_seconds": data.get("build", {}).get("measure_seconds"),
+        "measure_seconds": data["build"].get("measure_seconds") if isinstance(data.get("build"), dict) else None,
     }
 
 

@@ -105,6 +105,7 @@ def supernet_ranking(checkpoint: str, space_name: str, data: str | None = None, 
     from scipy.stats import kendalltau, spearmanr
 
     from hwbcnet.data import load_data
+    from hwbcnet.training.checkpoint import recorded_data
     from hwbcnet.training.scoring import EvalData, score_arch
     from hwbcnet.training.trainer import default_device, load_supernet
 
@@ -116,7 +117,7 @@ def supernet_ranking(checkpoint: str, space_name: str, data: str | None = None, 
     archs = space.all_archs()
     if limit is not None:
         archs = archs[np.random.default_rng(seed).permutation(len(archs))[:limit]]
-    splits = load_data(data or payload["config"]["data"], space.resolution, seed=payload["config"]["seed"])
+    splits = load_data(data or recorded_data(payload, checkpoint), space.resolution, seed=payload["config"]["seed"])
     device = default_device()
     supernet.to(device)
     eval_data = EvalData.from_splits(splits, calibration_batches=calibration_batches, seed=seed).to(device)

@@ -35,6 +35,13 @@ class EvolutionConfig:
     tries_factor: int = 10  # at most tries_factor x mutations (crossovers) attempts per generation
     max_queries: int | None = None  # stop after this many distinct fitness evaluations
 
+    def __post_init__(self) -> None:
+        # a search with no generation or an empty archive has no result to return
+        if min(self.population, self.generations, self.top_k) < 1 or min(self.mutations, self.crossovers) < 0:
+            raise HwbcnetError(f"evolution: population {self.population}, generations {self.generations} and top-k "
+                               f"{self.top_k} must be >= 1, mutations {self.mutations} and crossovers "
+                               f"{self.crossovers} >= 0")
+
 
 @dataclass
 class SearchOutcome:

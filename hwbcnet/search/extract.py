@@ -21,12 +21,14 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hwbcnet.errors import HwbcnetError
-from hwbcnet.fileio import atomic_torch_save, file_sha256
+from hwbcnet.fileio import atomic_torch_save, check_fields, file_sha256, is_version, torch_load
 from hwbcnet.space.space import space_from_description
 from hwbcnet.supernet.extract import build_standalone
 
 KIND = "hwbcnet.subnet"
 SCHEMA_VERSION = 1
+_FIELDS = {"space": dict, "arch": dict, "state_dict": dict}  # what loading needs
+_OPTIONAL = {"path": str, "data": str, "accuracy": dict, "history": list, "costs": dict, "source": dict}
 
 
 def _accuracy(model, loader) -> float:
@@ -69,7 +71,7 @@ def extract_subnet(search_path: str | Path, out: str | Path, path: str | None = 
         "source": {"search": str(search_path), "search_sha256": file_sha256(search_path),
                    "checkpoint": checkpoint, "checkpoint_sha256": result["checkpoint"]["sha256"]},
         "state_dict": model.state_dict(), "data": result["data"], "accuracy": accuracy,
-        "history": [{"stage": "extracted", **accuracy}], "costs": result["costs"],
+        "history": [{"stage": "extracted", **accuracy}], "costs": result.get("costs", {}),
         "device": result.get("device"),
     }
     save_subnet(out, subnet)
@@ -86,12 +88,14 @@ def load_subnet(path: str | Path):
     if not path.is_file():
         raise HwbcnetError(f"{path}: subnet file not found; create it with `hwbcnet extract`")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch_load(path)
     except Exception as exc:
         raise HwbcnetError(f"{path}: unreadable subnet file ({type(exc).__name__}); it is corrupt") from None
-    if not isinstance(payload, dict) or payload.get("kind") != KIND or payload.get("schema_version") != SCHEMA_VERSION:
+    if not (isinstance(payload, dict) and payload.get("kind") == KIND
+            and is_version(payload.get("schema_version"), SCHEMA_VERSION)):
         raise HwbcnetError(f"{path}: not a hwbcnet subnet file (schema {SCHEMA_VERSION})")
-    space = space_from_description(payload["space"])
+    check_fields(payload, _FIELDS, path, optional=_OPTIONAL)
+    space = space_from_description(payload["space"], str(path))
     arch = space.arch_from_json(payload["arch"])
     model = build_standalone(space, arch)
     try:
@@ -99,6 +103,8 @@ def load_subnet(path: str | Path):
     except RuntimeError:  # missing/unexpected keys or other shapes: the model definition changed
         raise HwbcnetError(f"{path}: its weights no longer fit {space.model} (the model definition changed since it "
                            "was extracted); extract it again") from None
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise HwbcnetError(f"{path}: corrupt subnet file ({type(exc).__name__}); re-create it") from None
     return model.eval(), space, arch, payload
 
 
@@ -109,7 +115,9 @@ def finetune_subnet(subnet_path: str | Path, out: str | Path | None = None, *, d
     from hwbcnet.data import load_data
 
     model, space, arch, payload = load_subnet(subnet_path)
-    data = data or payload["data"]
+    data = data or payload.get("data")
+    if data is None:
+        raise HwbcnetError(f"{subnet_path}: the subnet records no data spec; pass --data")
     splits = load_data(data, space.resolution, seed=seed)
     before = evaluate_subnet(model, splits)
     torch.manual_seed(seed)

@@ -23,13 +23,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from hwbcnet.budgets import parse_budget
 from hwbcnet.costs.flops import flops_cost, params_cost
 from hwbcnet.errors import HwbcnetError
-from hwbcnet.fileio import atomic_write_json, file_sha256, read_json
+from hwbcnet.fileio import NUMBER, atomic_write_json, check_fields, file_sha256, read_json
 from hwbcnet.search.constraints import Constraints
 from hwbcnet.search.evolution import EvolutionConfig, EvolutionSearch
 from hwbcnet.search.prior import fit_prior
 
 KIND = "hwbcnet.search"
 SCHEMA_VERSION = 1
+_FIELDS = {"arch": dict, "checkpoint": dict, "data": str}  # what extraction needs
+_OPTIONAL = {"score": NUMBER, "paths": dict, "costs": dict, "budgets": list, "top": list}
 
 
 def build_constraints(space, *, flops=None, params=None, latency=None, device=None, lut_path=None, lower=0.8):
@@ -68,6 +70,7 @@ def run_search(checkpoint: str | Path, out: str | Path, *, flops=None, params=No
                seed: int = 0, data: str | None = None, calibration_batches: int = 20, progress: bool = True,
                dist=None) -> dict:
     from hwbcnet.data import load_data
+    from hwbcnet.training.checkpoint import recorded_data
     from hwbcnet.training.scoring import EvalData
     from hwbcnet.training.trainer import default_device, load_supernet
 
@@ -79,9 +82,9 @@ def run_search(checkpoint: str | Path, out: str | Path, *, flops=None, params=No
                                            lut_path=lut_path, lower=lower)
     rng = np.random.default_rng(seed)
     constraints.check_satisfiable(rng)
-    probs = fit_prior(space, constraints, payload["loss_records"], seed=seed) if init == "prior" else None
+    probs = fit_prior(space, constraints, payload.get("loss_records", []), seed=seed) if init == "prior" else None
 
-    data = data or payload["config"]["data"]
+    data = data or recorded_data(payload, checkpoint)
     splits = load_data(data, space.resolution, seed=payload["config"]["seed"])
     eval_data = EvalData.from_splits(splits, calibration_batches=calibration_batches, seed=seed)
     reduce = None
@@ -150,4 +153,9 @@ def run_search(checkpoint: str | Path, out: str | Path, *, flops=None, params=No
 
 
 def load_search(path: str | Path) -> dict:
-    return read_json(path, kind=KIND, schema_version=SCHEMA_VERSION)
+    result = check_fields(read_json(path, kind=KIND, schema_version=SCHEMA_VERSION), _FIELDS, path, optional=_OPTIONAL)
+    check_fields(result["checkpoint"], {"path": str, "sha256": str}, path, "checkpoint.")
+    check_fields(result.get("paths", {}), dict.fromkeys(result.get("paths", {}), NUMBER), path, "paths.")
+    for index, budget in enumerate(result.get("budgets", [])):
+        check_fields(budget, {"cost": str, "high": NUMBER}, path, f"budgets[{index}].")
+    return result

@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 from torch import nn
 
 from hwbcnet.errors import HwbcnetError
+from hwbcnet.fileio import NUMBER, check_fields
 from hwbcnet.space.layers import Layer, Layout
 from hwbcnet.space.models.sources import ModelSource, parse_model_source
 from hwbcnet.space.tracing import TracedModel, WidthVariable, trace_model
@@ -114,7 +116,10 @@ class WidthSpace:
         return np.stack([g.ravel() for g in grids], axis=1).astype(np.int64)
 
     def validate(self, arch) -> np.ndarray:
-        arch = np.asarray(arch, dtype=np.int64)
+        try:
+            arch = np.asarray(arch, dtype=np.int64)
+        except OverflowError:
+            raise HwbcnetError(f"arch widths must lie in {self.min_bins}..{self.bins} bins") from None
         if arch.shape != (self.num_vars,):
             raise HwbcnetError(f"arch has {arch.size} widths but {self.model} has {self.num_vars} width variables")
         bad = [(self.variables[i].name, int(c)) for i, c in enumerate(arch) if not self.min_bins <= c <= self.bins]
@@ -124,22 +129,23 @@ class WidthSpace:
         return arch
 
     def parse_arch(self, text: str) -> np.ndarray:
+        try:
+            form = arch_form(text)
+        except ValueError as exc:
+            raise HwbcnetError(f"arch {text!r}: {exc}") from None
         text = text.strip()
-        if text == "full":
+        if form == "full":
             return self.full_arch()
-        if text == "min":
+        if form == "min":
             return self.min_arch()
-        if text.endswith(".json") or Path(text).is_file():
+        if form == "json":
             return self.arch_from_json(_read_arch_json(text))
-        if "," in text:
-            try:
-                return self.validate([int(x) for x in text.split(",")])
-            except ValueError:
-                raise HwbcnetError(f"arch {text!r}: expected comma-separated integers") from None
-        if text.isdigit() and self.bins <= 9:
-            return self.validate([int(ch) for ch in text])
-        raise HwbcnetError(f"arch {text!r}: expected a code like {self.format_arch(self.full_arch())}, "
-                           "a comma list, `full`, `min` or a .json file")
+        if form == "list":
+            return self.validate([int(x) for x in text.split(",")])
+        if self.bins > 9:
+            raise HwbcnetError(f"arch {text!r}: digit codes need at most 9 bins; {self.model} has {self.bins}, "
+                               f"write a comma list such as {self.format_arch(self.full_arch())}")
+        return self.validate([int(ch) for ch in text])
 
     def format_arch(self, arch) -> str:
         arch = [int(c) for c in arch]
@@ -152,16 +158,26 @@ class WidthSpace:
                 "channels": {v.name: int(ch) for v, ch in zip(self.variables, self.arch_channels(arch)[0])}}
 
     def arch_from_json(self, obj: dict) -> np.ndarray:
+        if not isinstance(obj, dict):
+            raise HwbcnetError("arch JSON must be an object with a `widths` mapping or a `code`")
         if obj.get("model", self.model) != self.model:
             raise HwbcnetError(f"arch is for model {obj.get('model')!r}, not {self.model!r}")
         if "widths" in obj:
             widths = obj["widths"]
+            if not isinstance(widths, dict):
+                raise HwbcnetError("arch JSON `widths` must map variable names to bins")
             missing = [v.name for v in self.variables if v.name not in widths]
             if missing:
                 raise HwbcnetError(f"arch JSON lacks widths for {', '.join(missing[:5])}")
+            for v in self.variables:
+                if isinstance(widths[v.name], bool) or not isinstance(widths[v.name], int):
+                    raise HwbcnetError(f"arch JSON width {widths[v.name]!r} for {v.name} is not a number of bins")
             return self.validate([widths[v.name] for v in self.variables])
         if "code" in obj:
-            return self.parse_arch(str(obj["code"]))
+            code = obj["code"]
+            if not isinstance(code, str) or _form_or_none(code) not in ("full", "min", "list", "code"):
+                raise HwbcnetError(f"arch JSON code {code!r}: expected a digit code, a comma list, full or min")
+            return self.parse_arch(code)
         raise HwbcnetError("arch JSON needs a `widths` mapping or a `code`")
 
     def describe(self) -> dict:
@@ -188,10 +204,41 @@ def _ceil_div(a, b):
     return -(-a // b)
 
 
+ARCH_FORMS = "a digit code such as 4432214, a comma list such as 8,6,8, full, min or an arch .json file"
+
+
+def arch_form(text: str) -> str:
+    """Which arch syntax `text` uses: "full", "min", "json" (a file), "list" or "code" (ASCII digits only). A
+    ValueError says what is allowed. Whether the widths fit a space is checked by WidthSpace.parse_arch."""
+    text = text.strip()
+    if text in ("full", "min"):
+        return text
+    try:
+        is_file = Path(text).is_file()
+    except (OSError, ValueError):  # too long for a path, NUL byte
+        is_file = False
+    if is_file:
+        return "json"
+    if text.endswith(".json"):
+        raise ValueError(f"no such file; expected {ARCH_FORMS}")
+    if re.fullmatch(r"[0-9]+(?:\s*,\s*[0-9]+)+", text):
+        return "list"
+    if re.fullmatch(r"[0-9]+", text):
+        return "code"
+    raise ValueError(f"expected {ARCH_FORMS}")
+
+
+def _form_or_none(text: str) -> str | None:
+    try:
+        return arch_form(text)
+    except ValueError:
+        return None
+
+
 def _read_arch_json(path: str) -> dict:
     try:
         obj = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
         raise HwbcnetError(f"{path}: cannot read arch JSON ({exc})") from None
     # A search result holds the chosen arch under "arch".
     return obj.get("arch", obj) if isinstance(obj, dict) else {}
@@ -228,10 +275,21 @@ def build_space(model: str, *, bins: int | None = None, min_bins: int | None = N
                       source.kwargs, fixed, int(channel_divisor))
 
 
-def space_from_description(described: dict) -> WidthSpace:
-    """The space a file recorded with WidthSpace.describe() (files from before model sources lack some keys)."""
-    return build_space(described["model"], bins=described["bins"], min_bins=described["min_bins"],
-                       resolution=described["resolution"], width_mult=described.get("width_mult", 1.0),
-                       num_classes=described["num_classes"], model_kwargs=described.get("model_kwargs") or {},
-                       fixed=tuple(described.get("fixed") or ()),
-                       channel_divisor=int(described.get("channel_divisor") or 1))
+_SPACE_FIELDS = {"model": str, "bins": int, "min_bins": int, "resolution": int, "num_classes": int}
+# Files from before model sources and channel divisors lack these.
+_SPACE_OPTIONAL = {"width_mult": NUMBER, "model_kwargs": dict, "fixed": list, "channel_divisor": int}
+
+
+def space_from_description(described, source: str = "the file") -> WidthSpace:
+    """The width space a file records (`WidthSpace.describe()`). Its fields are checked first, so a corrupt file is
+    refused with a message naming it instead of failing inside tracing (or tracing something enormous)."""
+    fields = check_fields(described, _SPACE_FIELDS, source, "space.", optional=_SPACE_OPTIONAL)
+    width_mult = fields.get("width_mult", 1.0)
+    divisor = fields.get("channel_divisor") or 1
+    if not (8 <= fields["resolution"] <= 4096 and 0 < width_mult <= 8 and 1 <= fields["num_classes"] <= 100_000
+            and fields["bins"] <= 1024 and 1 <= divisor <= 1024):
+        raise HwbcnetError(f"{source}: corrupt file, its width space {fields} is out of range; re-create it")
+    return build_space(fields["model"], bins=fields["bins"], min_bins=fields["min_bins"],
+                       resolution=fields["resolution"], width_mult=width_mult, num_classes=fields["num_classes"],
+                       model_kwargs=fields.get("model_kwargs") or {}, fixed=tuple(fields.get("fixed") or ()),
+                       channel_divisor=divisor)

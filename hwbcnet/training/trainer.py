@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hwbcnet.data import load_data
 from hwbcnet.errors import HwbcnetError
-from hwbcnet.fileio import file_sha256
+from hwbcnet.fileio import file_sha256, refuse_corrupt
 from hwbcnet.space.models.sources import parse_model_source
 from hwbcnet.space.space import WidthSpace, build_space, space_from_description
 from hwbcnet.supernet.principles import LEFT, get_principle
@@ -83,18 +83,15 @@ def _comparable(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def space_from_checkpoint(payload: dict) -> WidthSpace:
-    return space_from_description(payload["space"])
-
-
 def load_supernet(path: str | Path) -> tuple[SuperNet, dict]:
     """The trained supernet of a checkpoint and the checkpoint's metadata (weights are loaded, eval mode)."""
     payload = load_checkpoint(path)
-    space = space_from_checkpoint(payload)
-    if space.fingerprint() != payload.get("space_fingerprint"):
+    space = space_from_description(payload["space"], str(path))
+    if space.fingerprint() != payload["space_fingerprint"]:
         raise HwbcnetError(f"{path}: the model definition changed since this checkpoint was trained")
     supernet = SuperNet(space, payload["config"]["principle"])
-    supernet.load_state_dict(payload["state_dict"])
+    with refuse_corrupt(path, "checkpoint"):
+        supernet.load_state_dict(payload["state_dict"])
     return supernet.eval(), payload
 
 
@@ -175,11 +172,12 @@ class Trainer:
             if _comparable(saved.get(key, _DEFAULTS.get(key))) != _comparable(asdict(self.config).get(key)):
                 raise HwbcnetError(f"{self.checkpoint_path}: was trained with {key}={saved.get(key)!r}, not "
                                    f"{asdict(self.config).get(key)!r}; use another --out or the same options")
-        self.supernet.load_state_dict(payload["state_dict"])
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.sampler.load_state_dict(payload["sampler"])
-        self.records = LossRecords(self.config.loss_records, payload["loss_records"])
-        self.epoch, self.step, self.history = payload["epoch"], payload["step"], list(payload["history"])
+        with refuse_corrupt(self.checkpoint_path, "checkpoint"):  # a KeyError: written by something else
+            self.supernet.load_state_dict(payload["state_dict"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.sampler.load_state_dict(payload["sampler"])
+            self.records = LossRecords(self.config.loss_records, payload["loss_records"])
+            self.epoch, self.step, self.history = payload["epoch"], payload["step"], list(payload["history"])
         return True
 
     def _payload(self) -> dict:

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import keyword
 import re
 import sys
 from dataclasses import dataclass
@@ -92,35 +93,59 @@ class ModelSource:
 
 def parse_model_source(spec: str, kwargs: dict | str | None = None) -> ModelSource:
     """Check the form of a --model spec (and --model-kwargs JSON) without importing anything heavy."""
-    from hwbcnet.space.models import MODELS
-
     spec = (spec or "").strip()
+    try:
+        kwargs = parse_model_kwargs(kwargs)
+    except ValueError as exc:
+        raise HwbcnetError(f"--model-kwargs {kwargs!r}: {exc}") from None
+    try:
+        check_model_spec(spec)
+    except ValueError as exc:
+        raise HwbcnetError(f"--model {spec!r}: {exc}") from None
+    return ModelSource(spec, json.dumps(kwargs, sort_keys=True))
+
+
+def parse_model_kwargs(kwargs: dict | str | None) -> dict:
+    """The factory's keyword arguments from --model-kwargs JSON (or a dict); a ValueError says what is allowed."""
     if isinstance(kwargs, str):
         try:
             kwargs = json.loads(kwargs) if kwargs.strip() else {}
         except json.JSONDecodeError as exc:
-            raise HwbcnetError(f"--model-kwargs {kwargs!r}: not valid JSON ({exc.msg}); e.g. '{{\"depth\": 18}}'") from None
-    kwargs = kwargs or {}
+            raise ValueError(f"not valid JSON ({exc.msg}); expected an object such as '{{\"depth\": 18}}'") from None
+    kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict):
-        raise HwbcnetError("--model-kwargs: expected a JSON object such as '{\"depth\": 18}'")
+        raise ValueError("expected a JSON object such as '{\"depth\": 18}'")
     if "num_classes" in kwargs:
-        raise HwbcnetError("--model-kwargs: num_classes comes from the data; leave it out")
-    source = ModelSource(spec, json.dumps(kwargs, sort_keys=True))
+        raise ValueError("num_classes comes from the data; leave it out")
+    return kwargs
+
+
+_PYTHON_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+def check_model_spec(spec: str) -> str:
+    """`spec` when it is a built-in name or a well-formed model source: only the syntax, nothing is imported or read.
+    A ValueError says what is allowed."""
+    from hwbcnet.space.models import MODELS
+
     if spec in MODELS:
-        return source
+        return spec
     prefix, colon, rest = spec.partition(":")
     if colon and prefix in ("torchvision", "timm"):
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", rest):
-            raise HwbcnetError(f"--model {spec!r}: expected {prefix}:NAME with a model name such as {prefix}:resnet18")
-        return source
+        # timm names carry tags: resnet50.a1_in1k
+        if not re.fullmatch(r"[A-Za-z0-9_]+(?:[.\-][A-Za-z0-9_]+)*", rest):
+            raise ValueError(f"expected {prefix}:NAME with a model name such as {prefix}:resnet18")
+        return spec
+    location, colon, factory = spec.rpartition(":")
     if colon:
-        location, _, factory = spec.rpartition(":")
-        if not factory.isidentifier():
-            raise HwbcnetError(f"--model {spec!r}: {factory!r} is not a Python name; expected {FORMS}")
-        if location.endswith(".py") or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", location):
-            return source
-    close = ", ".join(sorted(MODELS))
-    raise HwbcnetError(f"unknown model {spec!r}; use {FORMS} (built-ins: {close})")
+        if not (re.fullmatch(_PYTHON_NAME, factory) and not keyword.iskeyword(factory)):
+            raise ValueError(f"{factory!r} is not a Python name; expected {FORMS}")
+        if location.endswith(".py"):
+            return spec
+        if re.fullmatch(rf"{_PYTHON_NAME}(\.{_PYTHON_NAME})*", location) and not any(
+                keyword.iskeyword(part) for part in location.split(".")):
+            return spec
+    raise ValueError(f"unknown model; use {FORMS} (built-ins: {', '.join(sorted(MODELS))})")
 
 
 def _missing_package(package: str, exc: BaseException) -> HwbcnetError:
