@@ -262,7 +262,8 @@ def load_profile(name_or_path: str | Path) -> Profile:
     except (OSError, ValueError):  # a name too long or with a NUL byte is no file either
         is_file = False
     if not is_file:
-        what = f"device profile {text!r}: file not found" if text.endswith(".toml") else f"unknown device {text!r}"
+        quoted = repr(text) if len(repr(text)) <= 80 else f"{repr(text)[:60]}... ({len(text)} characters)"
+        what = f"device profile {quoted}: file not found" if text.endswith(".toml") else f"unknown device {quoted}"
         raise HwbcnetError(f"{what}; known devices: {', '.join(sorted(shipped))}, or {' / '.join(MACHINE_ALIASES)} for "
                            "this machine's own (or pass the path of your own .toml)")
     return _load_file(Path(text))
