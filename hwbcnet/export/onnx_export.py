@@ -209,6 +209,12 @@ class ExportSource:
     metadata: dict
 
 
+def default_onnx_path(source_path: str | Path) -> Path:
+    """Where `hwbcnet export` writes the ONNX of a search result or subnet without --onnx: next to it, same name
+    (runs/r20/search.json -> runs/r20/search.onnx), so the exports of several sources in one folder stay apart."""
+    return Path(source_path).with_suffix(".onnx")
+
+
 def load_export_source(path: str | Path) -> ExportSource:
     """A search result (search.json: the chosen arch is extracted from its supernet exactly as `hwbcnet extract`
     does, without writing a subnet file) or an extracted/fine-tuned subnet (subnet.pt)."""

@@ -2,11 +2,12 @@
 latency budget.
 
 The model is timed exactly as LUT calibration times whole subnets: the device profile's backend, settings and
-model timing policy (hardware/profiler.measure_model); for a TensorRT profile the ONNX is first put in the
-profile's precision and batch (export/tensorrt_export.prepare_onnx) and built with the shared engine builder.
-The prediction comes from the arch and space recorded in the ONNX metadata and the device's LUT (calibrated
-T = a + b * sum of cells when the LUT has a calibration), or, without a LUT here, from the prediction recorded at
-export time for the same device.
+model timing policy (hardware/profiler.measure_model); for a TensorRT profile, or any fp16 one, the ONNX is first
+put in the profile's precision and batch (export/tensorrt_export.prepare_onnx) and built with the shared engine
+builder. A TensorRT engine file is timed as it is (no rebuild), after checking that it was built with this
+TensorRT for this GPU. The prediction comes from the arch and space recorded in the ONNX metadata (for an engine:
+its `<engine>.json`) and the device's LUT (calibrated T = a + b * sum of cells when the LUT has a calibration),
+or, without a LUT or torch here, from the prediction recorded at export time for the same device.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pathlib import Path
 from hwbcnet.budgets import parse_budget
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.export.onnx_export import load_onnx, read_export_metadata
-from hwbcnet.export.tensorrt_export import fixed_batch, prepare_onnx
+from hwbcnet.export.tensorrt_export import fixed_batch, is_engine, prepare_onnx, read_engine
 
 
-def verify(onnx_path: str | Path, profile, *, budget_ms: float | str | None = None, lut_path: str | Path | None = None,
-           strict: bool = False, backend=None) -> dict:
-    """Measure the model at `onnx_path` on device `profile` (a Profile or a profile name/path).
+def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = None,
+           lut_path: str | Path | None = None, strict: bool = False, backend=None) -> dict:
+    """Measure the model at `model_path` (an exported ONNX file or a TensorRT engine) on device `profile` (a
+    Profile or a profile name/path).
 
     `budget_ms`: milliseconds, or a time string such as "10ms". Returns measured_ms (median), p10_ms, p90_ms,
     predicted_ms (None when no prediction is possible; `predicted_note` says where it came from or why not),
@@ -33,24 +35,39 @@ def verify(onnx_path: str | Path, profile, *, budget_ms: float | str | None = No
 
     profile = profile if isinstance(profile, Profile) else load_profile(profile)
     budget = _budget_ms(budget_ms)
-    onnx_path = Path(onnx_path)
-    model = load_onnx(onnx_path)
-    metadata = read_export_metadata(model)
-    if profile.backend == "tensorrt":
-        model = prepare_onnx(model, profile.precision, batch=profile.batch)
-    elif fixed_batch(model) not in (None, profile.batch):
-        raise HwbcnetError(f"{onnx_path} has a fixed batch of {fixed_batch(model)} but device {profile.name} times "
-                           f"batch {profile.batch}; export with --batch {profile.batch} or --dynamic-batch")
-    backend = backend or get_backend(profile.backend)
-    stats = measure_model(model.SerializeToString(), profile, backend)
-    predicted, note = predict_latency(metadata, profile, lut_path)
+    model_path = Path(model_path)
+    engine = is_engine(model_path)
+    if engine:
+        if profile.backend != "tensorrt":
+            raise HwbcnetError(f"{model_path} is a TensorRT engine but device {profile.name} runs on "
+                               f"{profile.backend}; pass a tensorrt device (e.g. --device gpu or --device jetson)")
+        plan, sidecar = read_engine(model_path)
+        backend = backend or get_backend(profile.backend)
+        environment = backend.environment(profile)
+        mismatch = _engine_mismatch(model_path, sidecar, profile, environment)
+        stats = backend.measure_plan(plan, profile, profile.model_timing)
+        metadata = (sidecar or {}).get("metadata") or {}
+    else:
+        model = load_onnx(model_path)
+        metadata = read_export_metadata(model)
+        if profile.backend == "tensorrt" or profile.precision != "fp32":
+            model = prepare_onnx(model, profile.precision, batch=profile.batch)
+        elif fixed_batch(model) not in (None, profile.batch):
+            raise HwbcnetError(f"{model_path} has a fixed batch of {fixed_batch(model)} but device {profile.name} "
+                               f"times batch {profile.batch}; export with --batch {profile.batch} or --dynamic-batch")
+        backend = backend or get_backend(profile.backend)
+        environment = backend.environment(profile)
+        mismatch = None
+        stats = measure_model(model.SerializeToString(), profile, backend)
+    predicted, note = (None, mismatch) if mismatch else predict_latency(metadata, profile, lut_path)
     within = None if budget is None else stats.median <= budget
     return {
-        "model_path": str(onnx_path),
+        "model_path": str(model_path),
+        "model_kind": "engine" if engine else "onnx",
         "model": metadata.get("model"),
         "arch_code": metadata.get("arch_code"),
         "device": profile.name,
-        "device_name": backend.environment(profile).get("device"),
+        "device_name": environment.get("device"),
         "settings": profile.settings(),
         "measured_ms": stats.median,
         "p10_ms": stats.p10,
@@ -68,6 +85,25 @@ def verify(onnx_path: str | Path, profile, *, budget_ms: float | str | None = No
     }
 
 
+def _engine_mismatch(path: Path, sidecar: dict | None, profile, environment: dict) -> str | None:
+    """Refuse an engine built with another TensorRT or for another GPU (it would not deserialize); say why the LUT
+    prediction does not apply when the engine's precision or batch differ from the device profile's."""
+    if sidecar is None:
+        return f"{path} has no {path.name}.json (not built by hwbcnet): nothing to predict from"
+    here = (environment.get("runtime_versions", {}).get("tensorrt"), environment.get("compute_capability"))
+    built = (sidecar.get("tensorrt_version"), sidecar.get("compute_capability"))
+    if here != built:
+        raise HwbcnetError(
+            f"{path} was built with TensorRT {built[0]} for {sidecar.get('gpu')} (compute {built[1]}), but this "
+            f"machine has TensorRT {here[0]} and {environment.get('device')} (compute {here[1]}); rebuild it here: "
+            f"hwbcnet export --from-onnx {sidecar.get('onnx', {}).get('path', '<model.onnx>')} --trt --device "
+            f"{profile.name}")
+    if (sidecar.get("precision"), sidecar.get("batch")) != (profile.precision, profile.batch):
+        return (f"the engine is {sidecar.get('precision')} at batch {sidecar.get('batch')}, device {profile.name}'s "
+                f"LUT is {profile.precision} at batch {profile.batch}: no comparable prediction")
+    return None
+
+
 def _budget_ms(budget: float | str | None) -> float | None:
     if budget is None:
         return None
@@ -83,14 +119,26 @@ def _budget_ms(budget: float | str | None) -> float | None:
 
 def predict_latency(metadata: dict, profile, lut_path: str | Path | None = None) -> tuple[float | None, str]:
     """(LUT-predicted latency in ms or None, where it came from or why there is none)."""
-    from hwbcnet.costs.latency import LatencyCost
     from hwbcnet.hardware.lut import Lut
     from hwbcnet.hardware.lut import lut_path as default_lut_path
-    from hwbcnet.space import space_from_description
 
     if not metadata:
-        return None, "the ONNX file has no hwbcnet metadata (export it with `hwbcnet export`)"
-    space = space_from_description(metadata["space"])
+        return None, "the model has no hwbcnet metadata (export it with `hwbcnet export`)"
+    recorded = (float(metadata["predicted_latency_ms"]) if metadata.get("device") == profile.name
+                and metadata.get("predicted_latency_ms") is not None else None)
+    try:  # the space and the predictor over its layers need torch
+        from hwbcnet.costs.latency import LatencyCost
+        from hwbcnet.space import space_from_description
+    except ImportError:  # a deployment machine without torch cannot rebuild the width space
+        if recorded is not None:
+            return recorded, "recorded at export time (torch is not installed here to read the LUT)"
+        return None, "torch is not installed here, and the model records no prediction for this device"
+    try:
+        space = space_from_description(metadata["space"])
+    except HwbcnetError as exc:  # e.g. a timm model on a board without timm
+        if recorded is not None:
+            return recorded, f"recorded at export time (the model cannot be rebuilt here: {exc})"
+        raise
     if space.fingerprint() != metadata.get("space_fingerprint"):
         return None, f"the {space.model} definition changed since this model was exported; re-export it"
     arch = space.arch_from_json(metadata["arch"])
@@ -101,7 +149,7 @@ def predict_latency(metadata: dict, profile, lut_path: str | Path | None = None)
         return float(cost(arch[None])[0]), f"LUT {path} ({kind})"
     if lut_path:
         raise HwbcnetError(f"{path}: LUT not found")
-    if metadata.get("device") == profile.name and metadata.get("predicted_latency_ms") is not None:
-        return float(metadata["predicted_latency_ms"]), f"recorded at export time (no LUT at {path})"
+    if recorded is not None:
+        return recorded, f"recorded at export time (no LUT at {path})"
     return None, (f"no LUT at {path}; build it with `hwbcnet profile --device {profile.name} --model {space.model}"
                   f" --resolution {space.resolution}`")

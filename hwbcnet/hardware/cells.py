@@ -386,9 +386,8 @@ def _norm(g: _Graph, xs, cell: CellKey, prefix: str, baseline: bool) -> str:
     c = cell.c_in
     if cell.norm == "bn":
         y = g.node("BatchNormalization", [xs[0], g.weight(f"{prefix}_s", (c,)), g.weight(f"{prefix}_b", (c,)),
-                                          g.weight(f"{prefix}_m", (c,)),
-                                          g.weight(f"{prefix}_v", (c,), scale=0.0) if False else
-                                          _positive(g, f"{prefix}_v", c)], f"{prefix}_bn")
+                                          g.weight(f"{prefix}_m", (c,)), _positive(g, f"{prefix}_v", c)],
+                   f"{prefix}_bn")
     elif cell.norm == "ln":  # LayerNorm over the channels of an NCHW map (LayerNorm2d), channels last inside
         moved = g.node("Transpose", [xs[0]], f"{prefix}_nhwc", perm=[0, 2, 3, 1])
         normed = g.node("LayerNormalization", [moved, g.weight(f"{prefix}_s", (c,)), g.weight(f"{prefix}_b", (c,))],
@@ -400,6 +399,7 @@ def _norm(g: _Graph, xs, cell: CellKey, prefix: str, baseline: bool) -> str:
 
 
 def _positive(g: _Graph, name: str, size: int) -> str:
+    """Random variances (BatchNorm needs them positive)."""
     g.inits.append(numpy_helper.from_array((1.0 + g.rng.random(size)).astype(g.dtype), name))
     return name
 
