@@ -4,9 +4,10 @@ Every tensor that carries channels gets a channel axis and a list of *segments*,
 *channel source*. Every conv/linear output starts a source. Sources are merged with union-find where the graph
 forces equal channel counts: the operands of a residual add or of a channel gate (squeeze-excitation) share one
 source, a depthwise or grouped conv's output is its input's source. A concatenation along channels keeps its
-operands' segments in order, a flattened CxHxW map repeats each channel H*W times. Operations that mix channels in
-ways slicing cannot follow (channel shuffle, splits with constant sizes) *pin* their sources at full width, with
-the reason recorded. Sources reaching the model input or output (the classes) are fixed. Each remaining source is
+operands' segments in order, a flattened CxHxW map repeats each channel H*W times. A split or slice at constant
+positions *refines* a source: cuts it into parts that are sources of their own, with the split sizes recomputed
+from the widths. Operations that mix channels in ways slicing cannot follow (channel shuffle) *pin* their sources
+at full width, with the reason recorded. Sources reaching the model input or output (the classes) are fixed. Each remaining source is
 one width variable. How each op family maps channels is a rule in hwbcnet/space/ops; nothing here knows a
 particular model, in the spirit of Torch-Pruning's dependency graph.
 
@@ -65,7 +66,7 @@ class TracedModel:
 class LayoutArgs:
     """Constants a node spells along the channel axis that must follow the widths: the sizes of a split
     (`kind` "split", one layout per part) or the bounds of a slice (`kind` "slice", layouts (before, selected); the
-    index `template` has the channel slice at `position`). materialize.resolve_layout_args computes them."""
+    index `template` has the channel slice at `position`). materialize.layout_arg_value computes them."""
 
     kind: str
     parts: tuple[Layout, ...]
@@ -373,7 +374,8 @@ class Tracing:
                     self.sources.fixed[root] = True
                     self.pin_reasons.setdefault(root, reason)
 
-    def require_divisor(self, info: Channels, divisor: int, node: fx.Node) -> None:
+    def require_divisor(self, info: Channels, divisor: int) -> None:
+        """These channels must stay multiples of `divisor` (a grouped conv's group width): whole groups are sliced."""
         for seg in self.expand(info).segs:
             root = self.sources.find(seg.src)
             self.sources.divisor[root] = math.lcm(self.sources.divisor[root], divisor)

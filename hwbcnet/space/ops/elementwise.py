@@ -196,7 +196,7 @@ def _parameters_follow(expression: fx.Node, info: Channels, node: fx.Node, t) ->
         return  # the expression does not vary along the channels (a scalar or per-pixel parameter)
     if shape[channel_dim] != info.size:
         raise t.unsupported(node, f"a parameter of shape {tuple(shape)} meets {info.size} channels")
-    if _spells_channel_count(expression, info.size, t):  # e.g. weight.view(1, 64, 1, 1): only right at full width
+    if _spells_channel_count(expression, info.size):  # e.g. weight.view(1, 64, 1, 1): only right at full width
         t.pin(info, f"{node.name}: a parameter is reshaped with a literal channel count")
         return
     for leaf in t.parameter_leaves[expression]:
@@ -220,7 +220,7 @@ def _parameters_follow(expression: fx.Node, info: Channels, node: fx.Node, t) ->
         t.param(leaf.target, dims)
 
 
-def _spells_channel_count(expression: fx.Node, channels: int, t) -> bool:
+def _spells_channel_count(expression: fx.Node, channels: int) -> bool:
     """Whether a reshape inside a parameter expression spells the channel count as a literal."""
     pending, seen = [expression], set()
     while pending:

@@ -4,8 +4,10 @@ concatenation, splits and channel indexing, padding and resizing.
 A reshape either keeps the channel axis (squeeze, unsqueeze, flattening the spatial dims), flattens it with the
 dims after it (a CxHxW map into a linear layer: each channel repeats H*W times), or mixes channels with other dims
 (channel shuffle's (N, g, C/g, H, W) view): then the channels are pinned at full width. A concatenation along
-channels keeps its operands' segments in order. A split is exact when its parts fall on segment boundaries (and,
-for `chunk`, the parts are tied to equal sizes); splits with constant sizes pin their channels.
+channels keeps its operands' segments in order. A split or a channel slice at constant positions cuts the sources
+it falls inside there (Tracing.cut), so each part has its own variables, and records its sizes or bounds to be
+recomputed from the widths (Tracing.layout_args); `chunk` ties its parts to equal sizes instead. Only a cut inside
+a flattened map's repeated channels, or at positions computed at run time, pins the channels.
 """
 
 from __future__ import annotations
