@@ -41,7 +41,6 @@ import gc
 import json
 import subprocess
 import sys
-import tempfile
 import time
 import zlib
 from pathlib import Path
