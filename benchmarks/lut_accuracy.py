@@ -102,8 +102,8 @@ def write_report(results: list[dict], args) -> None:
            "calibration and validation subnets measured in the same interleaved rounds, so drift of the machine's "
            "speed between two phases does not count as prediction error (`hwbcnet lut validate --calibrate 12`). ")
         + "Targets (issue 4): >= 95 % within +-10 %, "
-        f"MdAPE <= 5 %, Spearman >= 0.95, resnet20 LUT <= 5 min. Machine: the 2-core development VM, ONNX Runtime "
-        f"1 intra-op thread.\n\n"
+        "MdAPE <= 5 %, Spearman >= 0.95, resnet20 LUT <= 5 min. Machine: the 2-core development VM, ONNX Runtime "
+        "1 intra-op thread.\n\n"
         + markdown_table(["model", "N", "divisor", "cells", "unstable", "build s", "calibration (ms)", "MdAPE %", "within 5 %",
                           "within 10 %", "Spearman", "Kendall"], rows)))
 

@@ -164,7 +164,10 @@ def comparison_images(space, count: int) -> tuple[np.ndarray, str]:
         from hwbcnet.data import load_data
 
         test = load_data("digits", space.resolution).test
-        images = np.stack([test[i % len(test)][0].numpy() for i in range(count)]).astype(np.float32)
+        # contiguous NCHW: the stacked digits (one channel expanded to three) would otherwise keep a channels-last
+        # layout that breaks a model's `x.view(...)`
+        images = np.ascontiguousarray(np.stack([test[i % len(test)][0].numpy() for i in range(count)]),
+                                      dtype=np.float32)
         return images, "digits test split"
     rng = np.random.default_rng(0)
     shape = (count, IN_CHANNELS, space.resolution, space.resolution)

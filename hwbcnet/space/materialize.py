@@ -79,11 +79,15 @@ def set_tensor(root: nn.Module, name: str, value: torch.Tensor) -> None:
 def materialize(traced, picks, sizes, state: dict[str, torch.Tensor] | None = None) -> fx.GraphModule:
     """A copy of the traced model with every channel-dependent tensor selected from `state` (default: the traced
     model's own tensors) by `picks`, and the size attributes set to match."""
-    graph_module = copy.deepcopy(traced.graph_module)
+    template = traced.graph_module
+    tensors = dict(template.named_parameters(remove_duplicate=False))
+    tensors.update(template.named_buffers(remove_duplicate=False))
+    # copy the structure only: every tensor is replaced below, so a big model is not held twice meanwhile
+    memo = {id(t): (nn.Parameter(t.new_empty(0), t.requires_grad) if isinstance(t, nn.Parameter) else t.new_empty(0))
+            for t in tensors.values() if t is not None}
+    graph_module = copy.deepcopy(template, memo)
     state = {} if state is None else state
     channels = [len(p) for p in picks]
-    tensors = dict(graph_module.named_parameters())
-    tensors.update(graph_module.named_buffers())
     with torch.no_grad():
         for name, current in tensors.items():
             if current is None:
@@ -95,8 +99,32 @@ def materialize(traced, picks, sizes, state: dict[str, torch.Tensor] | None = No
     for name, spec in traced.modules.items():
         set_module_sizes(graph_module.get_submodule(name), spec, spec.in_layout.size_at(channels),
                          spec.out_layout.size_at(channels))
+    nodes = {node.name: node for node in graph_module.graph.nodes}
+    for name, args in traced.layout_args.items():
+        set_layout_arg(nodes[name], layout_arg_value(args, lambda layout: layout.size_at(channels)))
     drop_shape_asserts(graph_module)
     return graph_module
+
+
+def layout_arg_value(args, size_of):
+    """The value a split's sizes or a slice's index takes when layout L has size_of(L) entries."""
+    sizes = [int(size_of(layout)) for layout in args.parts]
+    if args.kind == "split":
+        return sizes
+    index = list(args.template)
+    index[args.position] = slice(sizes[0], sizes[0] + sizes[1])
+    return tuple(index)
+
+
+def set_layout_arg(node: fx.Node, value) -> None:
+    """Put a split's sizes or a slice's index (a value or a node computing it) into the node's arguments."""
+    for key in ("split_size_or_sections", "split_size"):
+        if key in node.kwargs:
+            node.kwargs = {**node.kwargs, key: value}
+            return
+    args = list(node.args)
+    args[1] = value
+    node.args = tuple(args)
 
 
 def drop_shape_asserts(graph_module: fx.GraphModule) -> None:

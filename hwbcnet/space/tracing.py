@@ -4,9 +4,10 @@ Every tensor that carries channels gets a channel axis and a list of *segments*,
 *channel source*. Every conv/linear output starts a source. Sources are merged with union-find where the graph
 forces equal channel counts: the operands of a residual add or of a channel gate (squeeze-excitation) share one
 source, a depthwise or grouped conv's output is its input's source. A concatenation along channels keeps its
-operands' segments in order, a flattened CxHxW map repeats each channel H*W times. Operations that mix channels in
-ways slicing cannot follow (channel shuffle, splits with constant sizes) *pin* their sources at full width, with
-the reason recorded. Sources reaching the model input or output (the classes) are fixed. Each remaining source is
+operands' segments in order, a flattened CxHxW map repeats each channel H*W times. A split or slice at constant
+positions *refines* a source: cuts it into parts that are sources of their own, with the split sizes recomputed
+from the widths. Operations that mix channels in ways slicing cannot follow (channel shuffle) *pin* their sources
+at full width, with the reason recorded. Sources reaching the model input or output (the classes) are fixed. Each remaining source is
 one width variable. How each op family maps channels is a rule in hwbcnet/space/ops; nothing here knows a
 particular model, in the spirit of Torch-Pruning's dependency graph.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -57,6 +59,19 @@ class TracedModel:
     macs: list[MacTerm]
     pinned: list[str] = field(default_factory=list)  # why channels were pinned at full width
     untimed: list[str] = field(default_factory=list)  # executed ops no latency cell covers
+    layout_args: dict[str, "LayoutArgs"] = field(default_factory=dict)  # node name -> constants that follow widths
+
+
+@dataclass(frozen=True)
+class LayoutArgs:
+    """Constants a node spells along the channel axis that must follow the widths: the sizes of a split
+    (`kind` "split", one layout per part) or the bounds of a slice (`kind` "slice", layouts (before, selected); the
+    index `template` has the channel slice at `position`). materialize.layout_arg_value computes them."""
+
+    kind: str
+    parts: tuple[Layout, ...]
+    position: int = 0
+    template: object = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,8 @@ class Sources:
         self.fixed: list[bool] = []
         self.producers: list[list[str]] = []
         self.divisor: list[int] = []
+        self.span: list[tuple[int, int, int]] = []  # (source it was cut from, first channel, channel count)
+        self.parts: dict[int, tuple[int, ...]] = {}  # refined root -> its consecutive parts (see `refine`)
 
     def new(self, channels: int, producer: str | None = None, fixed: bool = False) -> int:
         self.parent.append(len(self.parent))
@@ -100,7 +117,33 @@ class Sources:
         self.fixed.append(fixed or channels <= 1)  # a single channel cannot shrink
         self.producers.append([producer] if producer else [])
         self.divisor.append(1)
+        self.span.append((len(self.parent) - 1, 0, int(channels)))
         return len(self.parent) - 1
+
+    def refine(self, root: int, sizes: Sequence[int]) -> tuple[int, ...]:
+        """Cut an unrefined root into consecutive parts of `sizes` channels, each a source of its own: the
+        channels of a conv (and of everything tied to it) are then sliced part by part, which is how a split or
+        slice at constant positions, or an add with a differently concatenated tensor, stays exact at every
+        width. The parts keep the root's producers, divisor and fixedness."""
+        assert root not in self.parts and self.find(root) == root and sum(sizes) == self.channels[root]
+        origin, start, _ = self.span[root]
+        parts = []
+        for size in sizes:
+            part = self.new(size, fixed=self.fixed[root])
+            self.producers[part] = list(self.producers[root])
+            self.divisor[part] = self.divisor[root]
+            self.span[part] = (origin, start, int(size))
+            start += size
+            parts.append(part)
+        self.parts[root] = tuple(parts)
+        return self.parts[root]
+
+    def leaves(self, src: int) -> list[int]:
+        """The unrefined roots a source's channels consist of, in order."""
+        root = self.find(src)
+        if root not in self.parts:
+            return [root]
+        return [leaf for part in self.parts[root] for leaf in self.leaves(part)]
 
     def find(self, i: int) -> int:
         while self.parent[i] != i:
@@ -122,13 +165,17 @@ class Sources:
         return keep
 
     def is_free(self, src: int) -> bool:
-        return not self.fixed[self.find(src)]
+        return any(not self.fixed[leaf] for leaf in self.leaves(src))
 
 
 class ChannelTracer(fx.Tracer):
     """torch.fx tracer whose leaves are torch.nn modules plus every norm and conv subclass (timm's BatchNormAct2d,
     Conv2dSame, LayerNorm2d, ...: one rule handles the whole module), stochastic-depth modules, modules the user
     pinned, and the modules timm registers as not traceable."""
+
+    # buffers read in a forward (torchvision's FrozenBatchNorm2d) become get_attr nodes like parameters: baked in as
+    # constants they could neither follow the widths nor be sliced
+    proxy_buffer_attributes = True
 
     def __init__(self, pinned: set[str]):
         super().__init__(autowrap_functions=_timm_autowrap_functions())
@@ -144,6 +191,17 @@ class ChannelTracer(fx.Tracer):
         if type(m).__name__ in _LEAF_CLASS_NAMES or isinstance(m, self.extra_leaves):
             return True
         return super().is_leaf_module(m, qualname)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _WritableProxy(node, self)
+
+
+class _WritableProxy(fx.Proxy):
+    """fx's Proxy plus in-place writes into a slice (`y[:, 2:8] = ...`, ReXNet-style partial updates), recorded as
+    an operator.setitem node, which fx counts as side-effectful and code-generates as the assignment."""
+
+    def __setitem__(self, index, value) -> None:
+        self.tracer.create_proxy("call_function", operator.setitem, (self, index, value), {})
 
 
 def _timm_leaf_modules() -> tuple[type, ...]:
@@ -186,6 +244,10 @@ class Tracing:
         self.pin_reasons: dict[int, str] = {}  # source -> first reason it was pinned
         self.pinned_modules = set(pinned_modules)
         self.members: dict[int, list[str]] = {}  # source -> modules whose channels it sets besides its producers
+        # node -> the get_attr nodes it is computed from when it does not depend on the model input (a parameter
+        # expression such as FrozenBatchNorm's weight * (running_var + eps).rsqrt()), None when it does
+        self.parameter_leaves: dict[fx.Node, tuple[fx.Node, ...] | None] = {}
+        self.dynamic: dict[fx.Node, tuple] = {}  # see layout_args
 
     # ------------------------------------------------------------------------------------------------ reading
 
@@ -195,7 +257,33 @@ class Tracing:
 
     def channels(self, arg) -> Channels | None:
         value = self.info.get(arg) if isinstance(arg, fx.Node) else None
-        return value if isinstance(value, Channels) else None
+        return self.expand(value) if isinstance(value, Channels) else None
+
+    def expand(self, info: Channels) -> Channels:
+        """`info` with every refined source replaced by its parts (layouts recorded before a refinement stay
+        valid: they are expanded whenever they are read)."""
+        if not any(self.sources.find(s.src) in self.sources.parts for s in info.segs):
+            return info
+        segs = tuple(Seg(leaf, self.sources.channels[leaf], s.repeat) for s in info.segs
+                     for leaf in self.sources.leaves(s.src))
+        return Channels(info.axis, segs, info.ndim)
+
+    def cut(self, info: Channels, positions: Iterable[int]) -> Channels | None:
+        """`info` with a segment boundary at every one of `positions` (refining the sources they fall inside), or
+        None when a position falls inside a repeated segment (a flattened map)."""
+        info = self.expand(info)
+        for position in sorted(set(positions)):
+            offset = 0
+            for seg in info.segs:
+                size = seg.channels * seg.repeat
+                if offset < position < offset + size:
+                    if seg.repeat != 1:
+                        return None
+                    self.sources.refine(self.sources.find(seg.src), (position - offset, seg.channels - position + offset))
+                    info = self.expand(info)
+                    break
+                offset += size
+        return info
 
     def tensor_args(self, node: fx.Node) -> list[fx.Node]:
         """The node's tensor inputs in argument order (lists/tuples flattened, e.g. torch.cat's operand list)."""
@@ -253,11 +341,25 @@ class Tracing:
             self.set(node, tuple(parts))
 
     def union(self, a: Channels, b: Channels, where: str) -> Channels:
-        """Tie two channel layouts segment by segment (they must have the same structure)."""
-        if [(s.channels, s.repeat) for s in a.segs] != [(s.channels, s.repeat) for s in b.segs]:
-            raise _SegmentMismatch()
+        """Tie two channel layouts segment by segment. Layouts of equal size that are cut differently (a conv's
+        output added to a concatenation, GhostNet) are first cut at each other's boundaries; repeated segments
+        cannot be cut (_SegmentMismatch). Tying free channels to fixed ones pins them; the reason says where."""
+        a, b = self.expand(a), self.expand(b)
+        while [(s.channels, s.repeat) for s in a.segs] != [(s.channels, s.repeat) for s in b.segs]:
+            if a.size != b.size:
+                raise _SegmentMismatch()
+            a_cut, b_cut = self.cut(a, _boundaries(b)), self.cut(b, _boundaries(a))
+            if a_cut is None or b_cut is None or (a_cut.segs, b_cut.segs) == (a.segs, b.segs):
+                raise _SegmentMismatch()  # only repeats differ: nothing left to cut
+            a, b = self.expand(a_cut), self.expand(b_cut)
+        sources = self.sources
         for sa, sb in zip(a.segs, b.segs):
-            self.sources.union(sa.src, sb.src, where)
+            ra, rb = sources.find(sa.src), sources.find(sb.src)
+            fixed = [root for root in (ra, rb) if sources.fixed[root]]
+            root = sources.union(ra, rb, where)
+            if len(fixed) == 1 and root not in self.pin_reasons:
+                cause = self.pin_reasons.get(fixed[0])
+                self.pin_reasons[root] = f"{where}: tied to fixed channels" + (f" ({cause})" if cause else "")
         return a
 
     def pin(self, info, reason: str) -> None:
@@ -266,20 +368,29 @@ class Tracing:
         for item in items:
             if item is None:
                 continue
-            for seg in item.segs:
+            for seg in self.expand(item).segs:
                 root = self.sources.find(seg.src)
                 if not self.sources.fixed[root]:
                     self.sources.fixed[root] = True
                     self.pin_reasons.setdefault(root, reason)
 
-    def require_divisor(self, info: Channels, divisor: int, node: fx.Node) -> None:
-        for seg in info.segs:
+    def require_divisor(self, info: Channels, divisor: int) -> None:
+        """These channels must stay multiples of `divisor` (a grouped conv's group width): whole groups are sliced."""
+        for seg in self.expand(info).segs:
             root = self.sources.find(seg.src)
             self.sources.divisor[root] = math.lcm(self.sources.divisor[root], divisor)
 
     def add_member(self, info: Channels, name: str) -> None:
-        for seg in info.segs:
+        for seg in self.expand(info).segs:
             self.members.setdefault(seg.src, []).append(name)
+
+    def layout_args(self, node: fx.Node, kind: str, parts: Sequence[Channels], position: int = 0,
+                    template=None) -> None:
+        """Channel sizes or positions that `node` spells as constants (a split's sizes, a slice's bounds), to be
+        recomputed from the widths wherever the model runs at other widths: `parts` are the split's parts, or
+        (the channels before the slice, the channels it selects) with the index `template` whose entry at
+        `position` is the channel slice."""
+        self.dynamic[node] = (kind, tuple(parts), position, template)
 
     def param(self, name: str, dims: Sequence) -> None:
         self.params[name] = tuple(dims)
@@ -289,6 +400,14 @@ class Tracing:
 
     def macs(self, a: Channels, b: Channels | None, coef: int) -> None:
         self.mac_terms.append((a, b, int(coef)))
+
+    def constant_macs(self, node: fx.Node) -> None:
+        """The multiply-accumulates of an op that runs at full width whatever the arch (a pinned module, an op
+        no rule covers on fixed channels), as torch's flop counter counts them: a constant term of the FLOPs."""
+        count = _counted_macs(node, self)
+        if count:
+            one = Channels(0, (Seg(self.sources.new(1, fixed=True), 1),), 1)
+            self.macs(one, None, count)
 
     def category(self, node: fx.Node, kind: str, **details) -> None:
         self.categories[node] = (kind, details)
@@ -311,6 +430,15 @@ class Tracing:
                 if len(producers) > 1 else "") if producers else "pin the module with --fixed")
         return HwbcnetError(f"cannot derive channel coupling through {where}{': ' + why if why else ''}; {hint} "
                             "or set `hwbcnet_fixed = True` on the module that contains it")
+
+
+def _boundaries(info: Channels) -> list[int]:
+    """Positions along the channel axis where one segment ends and the next begins."""
+    edges, position = [], 0
+    for seg in info.segs[:-1]:
+        position += seg.channels * seg.repeat
+        edges.append(position)
+    return edges
 
 
 class _SegmentMismatch(Exception):
@@ -360,18 +488,45 @@ def _symbolic_trace(model: nn.Module, pinned: set[str]) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
+class _ShapeAndSizeProp(ShapeProp):
+    """ShapeProp that also keeps the sizes a forward computes (x.size(0), x.shape[2:], h * w, ...) in
+    node.meta["size_value"], so an op can be re-run on its recorded inputs (see _counted_macs)."""
+
+    def run_node(self, n: fx.Node):
+        result = super().run_node(n)
+        if _is_size(result):
+            n.meta["size_value"] = result
+        return result
+
+
+def _is_size(value) -> bool:
+    if isinstance(value, (int, float, bool, torch.Size)):
+        return True
+    return isinstance(value, (tuple, list)) and all(isinstance(item, (int, float, bool)) for item in value)
+
+
 def propagate_shapes(graph_module: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
-    """Record every node's output shape (node.meta["tensor_meta"]). Runs on a copy on the meta device (shapes only,
-    no arithmetic); models with ops the meta device cannot run are run for real on zeros."""
+    """Record every node's output shape (node.meta["tensor_meta"]) and computed size. Runs on a copy on the meta
+    device (shapes only, no arithmetic); models with ops the meta device cannot run are run for real on zeros."""
     try:
-        meta_copy = copy.deepcopy(graph_module).to("meta")
-        ShapeProp(meta_copy).propagate(torch.zeros(input_shape, device="meta"))
+        meta_copy = _meta_copy(graph_module)
+        _ShapeAndSizeProp(meta_copy).propagate(torch.zeros(input_shape, device="meta"))
     except Exception:
-        ShapeProp(graph_module).propagate(torch.zeros(input_shape))
+        _ShapeAndSizeProp(graph_module).propagate(torch.zeros(input_shape))
         return
     for node, twin in zip(graph_module.graph.nodes, meta_copy.graph.nodes):
-        if "tensor_meta" in twin.meta:
-            node.meta["tensor_meta"] = twin.meta["tensor_meta"]
+        for key in ("tensor_meta", "size_value"):
+            if key in twin.meta:
+                node.meta[key] = twin.meta[key]
+
+
+def _meta_copy(graph_module: nn.Module) -> nn.Module:
+    """A copy whose tensors live on the meta device, made without copying the real ones first (a big model's
+    weights are not held twice)."""
+    tensors = list(graph_module.parameters()) + list(graph_module.buffers())
+    memo = {id(t): (nn.Parameter(t.to("meta"), t.requires_grad) if isinstance(t, nn.Parameter) else t.to("meta"))
+            for t in tensors}
+    return copy.deepcopy(graph_module, memo)
 
 
 def _first_line(exc: Exception) -> str:
@@ -390,8 +545,11 @@ def _visit(node: fx.Node, t: Tracing, ops) -> None:
             info = t.info.get(arg)
             t.pin(info, _OUTPUT)
         return
-    if node.op == "get_attr":
-        return  # parameters are specified by the rule of the op that uses them
+    _track_parameter_expression(node, t)
+    if t.parameter_leaves[node] is not None:
+        # a parameter or an expression of parameters only (weight[:, None, None], constants): its channels are
+        # those of the tensor it is eventually applied to, which that op's rule decides
+        return
     rule = ops.rule_for(node, t.modules)
     inputs = t.tensor_args(node)
     if node.op == "call_module" and t.is_pinned_module(node.target, t.module(node)) and rule is None:
@@ -403,8 +561,28 @@ def _visit(node: fx.Node, t: Tracing, ops) -> None:
         if any(t.is_free(t.channels(arg)) or _tuple_free(t, arg) for arg in inputs):
             raise t.unsupported(node)
         t.fixed_like(node)  # everything it reads is fixed: its output is a fixed-size tensor too
+        t.constant_macs(node)
+        t.category(node, "other")
         return
     rule(node, t)
+
+
+def _track_parameter_expression(node: fx.Node, t: Tracing) -> None:
+    """Record which get_attr nodes a node is computed from, if it does not depend on the model input."""
+    if node.op == "get_attr":
+        t.parameter_leaves[node] = (node,)
+        return
+    if node.op in ("placeholder", "call_module", "output"):
+        t.parameter_leaves[node] = None
+        return
+    leaves: list[fx.Node] = []
+    for arg in node.all_input_nodes:
+        found = t.parameter_leaves.get(arg)
+        if found is None:
+            t.parameter_leaves[node] = None
+            return
+        leaves += found
+    t.parameter_leaves[node] = tuple(dict.fromkeys(leaves))
 
 
 def _tuple_free(t: Tracing, arg) -> bool:
@@ -418,6 +596,50 @@ def _opaque(node: fx.Node, t: Tracing) -> None:
     for arg in t.tensor_args(node):
         t.pin(t.info.get(arg), f"{node.target} is pinned")
     t.fixed_like(node)
+    t.constant_macs(node)
+    t.category(node, "other")
+
+
+def _counted_macs(node: fx.Node, t: Tracing) -> int:
+    """torch's flop counter / 2 for one node, run on meta tensors of its recorded input shapes (for real on zeros
+    when an op has no meta kernel)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def run(device: str) -> int:
+        def tensor(arg):
+            if "size_value" in arg.meta:
+                return arg.meta["size_value"]
+            meta = arg.meta.get("tensor_meta")
+            if meta is None or not hasattr(meta, "shape"):
+                raise _Uncountable()
+            return torch.zeros(meta.shape, dtype=meta.dtype, device=device)
+
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), tensor)
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad():
+            if node.op == "call_module":
+                module = t.module(node)
+                (_meta_copy(module) if device == "meta" else module)(*args, **kwargs)
+            elif node.op == "call_function":
+                node.target(*args, **kwargs)
+            else:
+                getattr(args[0], node.target)(*args[1:], **kwargs)
+        return counter.get_total_flops() // 2
+
+    try:
+        try:
+            return run("meta")
+        except _Uncountable:
+            raise
+        except Exception:  # no meta kernel for some op inside
+            return run("cpu")
+    except _Uncountable:
+        raise HwbcnetError(f"cannot count the multiply-accumulates of `{node.format_node()}`, which takes a value "
+                           "computed at run time; make the module's channels searchable or report the model") from None
+
+
+class _Uncountable(Exception):
+    """An input of an op is not a tensor whose shape tracing recorded."""
 
 
 # ------------------------------------------------------------------------------------------------- finalizing
@@ -427,8 +649,8 @@ def _finalize(t: Tracing) -> TracedModel:
     from hwbcnet.space.units import executed_layers
 
     sources = t.sources
-    for src in range(len(sources.parent)):  # a divisor the channel count does not honour pins the source
-        root = sources.find(src)
+    leaves = [src for src in range(len(sources.parent)) if sources.find(src) == src and src not in sources.parts]
+    for root in leaves:  # a divisor the channel count does not honour pins the source
         if not sources.fixed[root] and sources.channels[root] % sources.divisor[root]:
             sources.fixed[root] = True
             t.pin_reasons.setdefault(root, f"{sources.channels[root]} channels are not a multiple of the group width "
@@ -437,18 +659,19 @@ def _finalize(t: Tracing) -> TracedModel:
     variables: list[WidthVariable] = []
     members: dict[int, list[str]] = {}
     for src, names in t.members.items():
-        members.setdefault(sources.find(src), []).extend(names)
-    for src in range(len(sources.parent)):
-        root = sources.find(src)
-        if root in var_of_root or sources.fixed[root] or not sources.producers[root]:
+        for leaf in sources.leaves(src):
+            members.setdefault(leaf, []).extend(names)
+    for root in leaves:
+        if sources.fixed[root] or not sources.producers[root]:
             continue
         var_of_root[root] = len(variables)
         names = list(dict.fromkeys(sources.producers[root] + members.get(root, [])))
-        variables.append(WidthVariable(sources.producers[root][0], sources.channels[root], tuple(names),
+        variables.append(WidthVariable(_variable_name(sources, root), sources.channels[root], tuple(names),
                                        sources.divisor[root]))
 
     def layout(info: Channels) -> Layout:
-        return Layout(tuple(Segment(var_of_root.get(sources.find(s.src)), s.channels, s.repeat) for s in info.segs))
+        return Layout(tuple(Segment(var_of_root.get(sources.find(s.src)), s.channels, s.repeat)
+                            for s in t.expand(info).segs))
 
     def dim(d):
         return layout(d) if isinstance(d, Channels) else int(d)
@@ -460,9 +683,19 @@ def _finalize(t: Tracing) -> TracedModel:
     layers, untimed = executed_layers(t, layouts)
     pinned = [f"{sources.producers[root][0]}: {reason}" for root, reason in t.pin_reasons.items()
               if sources.producers[root] and reason != _OUTPUT]
-    traced = TracedModel(t.graph_module, variables, layers, params, modules, macs, pinned, untimed)
+    layout_args = {node.name: LayoutArgs(kind, tuple(layout(part) for part in parts), position, template)
+                   for node, (kind, parts, position, template) in t.dynamic.items()
+                   if any(not layout(part).is_fixed for part in parts)}
+    traced = TracedModel(t.graph_module, variables, layers, params, modules, macs, pinned, untimed, layout_args)
     traced.node_layouts = {node.name: value for node, value in layouts.items()}
     return traced
+
+
+def _variable_name(sources: Sources, root: int) -> str:
+    """The producing module, with the channel range when the variable is a part of its output (a refinement)."""
+    origin, start, count = sources.span[root]
+    name = sources.producers[root][0]
+    return name if count == sources.channels[origin] else f"{name}[{start}:{start + count}]"
 
 
 # ------------------------------------------------------------------------------------------------ verification

@@ -52,8 +52,16 @@ class _Units:
     def add(self, node: fx.Node, layer: Layer) -> None:
         self.layers.append((self.order[node], layer))
 
+    def follower(self, node: fx.Node) -> fx.Node | None:
+        """The node that consumes `node`'s output, past no-ops (Identity, eval-mode dropout, reshapes) that the
+        runtime does not execute between the two."""
+        user = _single_user(node)
+        while user is not None and self.kind(user) == "nop":
+            user = _single_user(user)
+        return user
+
     def fused_activation(self, node: fx.Node) -> tuple[str | None, fx.Node | None]:
-        follower = _single_user(node)
+        follower = self.follower(node)
         if follower is not None and self.kind(follower) == "act" and follower not in self.consumed:
             self.consumed.add(follower)
             return self.details(follower)["act"], follower
@@ -64,7 +72,7 @@ class _Units:
     def conv(self, node: fx.Node) -> None:
         module = self.t.module(node)
         bn, act = False, None
-        follower = _single_user(node)
+        follower = self.follower(node)
         if follower is not None and self.kind(follower) == "bn" and follower not in self.consumed:
             bn = True
             self.consumed.add(follower)

@@ -18,7 +18,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from hwbcnet.space.layers import Layout, ModuleSpec
-from hwbcnet.space.materialize import layout_index, set_module_sizes
+from hwbcnet.space.materialize import layout_arg_value, layout_index, set_layout_arg, set_module_sizes
 
 
 class ActiveRanges:
@@ -130,6 +130,31 @@ class SlicedTensor(nn.Module):
                 tensor = (tensor.narrow(d, selector.start, selector.stop - selector.start)
                           if isinstance(selector, slice) else tensor.index_select(d, selector))
         return tensor
+
+
+class SlicedLayoutArg(nn.Module):
+    """Stands in for a constant a split or slice spells along the channels (traced.layout_args): its value at the
+    active widths."""
+
+    def __init__(self, args, ranges: ActiveRanges):
+        super().__init__()
+        self.args = args
+        self.__dict__["ranges"] = ranges
+
+    def forward(self):
+        return layout_arg_value(self.args, self.ranges.size)
+
+
+def route_layout_args(graph_module: nn.Module, traced, ranges: ActiveRanges) -> None:
+    """Compute every constant of traced.layout_args from the active ranges at run time (supernet)."""
+    graph = graph_module.graph
+    nodes = {node.name: node for node in graph.nodes}
+    for index, (name, args) in enumerate(traced.layout_args.items()):
+        slot = f"_hwbcnet_layout_arg_{index}"
+        graph_module.add_submodule(slot, SlicedLayoutArg(args, ranges))
+        with graph.inserting_before(nodes[name]):
+            set_layout_arg(nodes[name], graph.call_module(slot))
+    graph_module.recompile()
 
 
 class _SumOverRanks(torch.autograd.Function):

@@ -39,10 +39,50 @@ def torch_to_onnx(model, resolution: int, batch: int, dynamic_batch: bool, opset
         warnings.simplefilter("ignore")
         from torch.fx.experimental.optimization import fuse
 
-        fused = fuse(model.eval())  # a folded copy; `model` keeps its BatchNorm layers
+        # a folded copy (`model` keeps its BatchNorm layers); a traced model is not traced again: fx's default
+        # tracer would open modules the channel tracer keeps whole (timm's untraceable ones)
+        fused = fuse(model.eval(), no_trace=isinstance(model, torch.fx.GraphModule))
+        _linears_on_rows(fused, example)
+        # PRESERVE (the model is in eval mode) skips the exporter's own Conv+BatchNorm folding, which renames the
+        # folded weights `onnx::Conv_N`; a BatchNorm fuse cannot fold (inside another module, such as timm's
+        # BatchNormAct2d) stays a BatchNormalization node, which ONNX Runtime and TensorRT fold when they load it.
         torch.onnx.export(fused, (example,), buffer, opset_version=opset, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True, **legacy)
+                          output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True,
+                          training=torch.onnx.TrainingMode.PRESERVE, **legacy)
     return _undo_initializer_sharing(onnx.load_from_string(buffer.getvalue()))
+
+
+def _linears_on_rows(graph_module, example) -> None:
+    """A Linear on a tensor with more than two dims (ConvNeXt's channels-last MLP) exports as MatMul with a transposed
+    copy of its weight under a generated name; run it on the (rows, features) view instead, which exports as Gemm
+    on the weight itself (the module's name, as export checks read it, and the op a linear latency cell times)."""
+    import operator
+
+    import torch
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    graph = graph_module.graph
+    linears = [node for node in graph.nodes
+               if node.op == "call_module" and type(graph_module.get_submodule(node.target)) is torch.nn.Linear]
+    if not linears:
+        return
+    ShapeProp(graph_module).propagate(example)
+    changed = False
+    for node in linears:
+        x = node.args[0]
+        meta = x.meta.get("tensor_meta") if isinstance(x, torch.fx.Node) else None
+        if meta is None or len(meta.shape) <= 2:
+            continue
+        with graph.inserting_before(node):
+            shape = graph.call_function(getattr, (x, "shape"))
+            leading = graph.call_function(operator.getitem, (shape, slice(None, -1)))
+            node.args = (graph.call_method("flatten", (x, 0, -2)),)
+        with graph.inserting_after(node):
+            restored = graph.call_method("unflatten", (node, 0, leading))
+        node.replace_all_uses_with(restored, delete_user_cb=lambda user: user is not restored)
+        changed = True
+    if changed:
+        graph_module.recompile()
 
 
 def _undo_initializer_sharing(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -20,7 +20,7 @@ from torch import fx, nn
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.space.materialize import materialize
 from hwbcnet.space.space import WidthSpace
-from hwbcnet.supernet.dynamic import ActiveRanges, SlicedTensor, make_sliced
+from hwbcnet.supernet.dynamic import ActiveRanges, SlicedTensor, make_sliced, route_layout_args
 from hwbcnet.supernet.principles import LEFT, Principle, get_principle
 
 
@@ -69,6 +69,7 @@ class SuperNet(nn.Module):
         for name, spec in traced.modules.items():
             make_sliced(net.get_submodule(name), _own_tensors(traced, name), spec, self.ranges)
         _slice_functional_parameters(net, traced, self.ranges)
+        route_layout_args(net, traced, self.ranges)
         self.net = net
 
     def path_ranges(self, arch, path: str) -> list[tuple[int, int]]:

@@ -41,7 +41,7 @@ def conv2d(node: fx.Node, t) -> None:
     elif module.in_channels == module.out_channels and all(s.repeat == 1 for s in x.segs):
         group_width = module.in_channels // module.groups
         y, weight_in = x, group_width  # output channels are the input channels, a whole group per group width
-        t.require_divisor(x, group_width, node)
+        t.require_divisor(x, group_width)
         t.add_member(x, name)
         if pinned:
             t.pin(x, f"{name} is pinned")

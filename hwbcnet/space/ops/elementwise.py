@@ -5,11 +5,21 @@ them. Arithmetic between two tensors broadcasts along the channel axis:
 * equal channel layouts (a residual add, x * a full-size gate): the operands' sources are tied;
 * one operand with a single channel (a spatial attention map): the other operand's channels pass;
 * an (N, C, 1, 1) operand computed from the tensor (a squeeze-excitation gate): tied, like an add;
-* a parameter such as ConvNeXt's layer scale (C, 1, 1): the parameter follows the tensor's channels.
+* a parameter, or an expression of parameters only, such as ConvNeXt's layer scale (C, 1, 1), `weight[:, None,
+  None]` of a channels-first LayerNorm or FrozenBatchNorm's `weight * (running_var + eps).rsqrt()` reshaped to
+  (1, C, 1, 1): every parameter in it follows the tensor's channels.
+
+Squeeze-excitation (x * gate(expand(act(reduce(pool(x)))))): the gate's channels *are* x's channels, so the mul
+ties the expand conv/linear's output to x's variable, while the reduction width (reduce's output) is a width
+variable of its own, searched like any other layer: SE-Net and EfficientNet fix it as a ratio of the block's
+width, but nothing in the computation couples the two, and a searched reduction is what a width search of the
+block would want (BCNet searches every conv's output). units.py then times the whole gate as one "se" layer whose
+`mid` is the reduction width.
 """
 
 from __future__ import annotations
 
+import math
 import operator
 
 import torch
@@ -28,8 +38,9 @@ ACTIVATION_MODULES: dict[type, str] = {
 ACTIVATION_FUNCTIONS: dict[object, str] = {
     F.relu: "relu", torch.relu: "relu", F.relu_: "relu", torch.relu_: "relu", F.relu6: "relu6",
     F.silu: "silu", F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid", F.gelu: "gelu", F.leaky_relu: "leakyrelu", F.leaky_relu_: "leakyrelu", F.mish: "mish",
-    torch.tanh: "tanh", F.tanh: "tanh", F.elu: "elu", F.hardtanh: "hardtanh",
+    torch.sigmoid_: "sigmoid", F.sigmoid: "sigmoid", F.gelu: "gelu", F.leaky_relu: "leakyrelu",
+    F.leaky_relu_: "leakyrelu", F.mish: "mish", torch.tanh: "tanh", torch.tanh_: "tanh", F.tanh: "tanh",
+    F.elu: "elu", F.elu_: "elu", F.hardtanh: "hardtanh", F.hardtanh_: "hardtanh",
 }
 ACTIVATION_METHODS: dict[str, str] = {
     "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh", "tanh_": "tanh",
@@ -39,14 +50,22 @@ ACTIVATION_METHODS: dict[str, str] = {
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout, nn.Softmax, nn.Softmax2d,
                      nn.LogSoftmax)
 _IDENTITY_FUNCTIONS = (F.dropout, F.dropout2d, F.dropout1d, F.alpha_dropout, torch.clamp, torch.clip, F.softmax,
-                       F.log_softmax, torch.softmax, torch.neg, torch.abs, torch.exp, torch.sqrt, torch.square,
-                       torch.clone, torch.detach, F.normalize)
+                       F.log_softmax, torch.softmax, torch.clone, torch.detach, F.normalize)
 _IDENTITY_METHODS = ("contiguous", "clone", "detach", "float", "half", "to", "type_as", "clamp", "clamp_", "clip",
-                     "softmax", "neg", "abs", "exp", "sqrt", "square", "add_", "mul_", "div_", "requires_grad_")
+                     "softmax", "requires_grad_")
+# Element-wise math on one tensor, and activations no latency cell knows: channels pass, listed as untimed.
+_UNARY_MODULES = (nn.SELU, nn.CELU, nn.Softplus, nn.Softsign, nn.LogSigmoid, nn.Tanhshrink, nn.Hardshrink,
+                  nn.Softshrink, nn.Threshold)
+_UNARY_FUNCTIONS = (torch.neg, torch.abs, torch.exp, torch.sqrt, torch.rsqrt, torch.square, torch.reciprocal,
+                    torch.log, torch.log1p, torch.erf, torch.sign, torch.floor, torch.ceil, torch.round, torch.sin,
+                    torch.cos, operator.neg, F.selu, F.celu, F.softplus, F.softsign, F.logsigmoid, F.tanhshrink,
+                    F.hardshrink, F.softshrink, F.threshold)
+_UNARY_METHODS = ("neg", "abs", "exp", "sqrt", "rsqrt", "square", "reciprocal", "log", "log1p", "erf", "sign",
+                  "floor", "ceil", "round", "sin", "cos", "exp_", "sqrt_", "rsqrt_", "neg_", "abs_")
 _BINARY_FUNCTIONS = (operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
-                     operator.truediv, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div, torch.maximum,
-                     torch.minimum)
-_BINARY_METHODS = ("add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "maximum", "minimum")
+                     operator.truediv, operator.itruediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div,
+                     torch.pow, torch.maximum, torch.minimum)
+_BINARY_METHODS = ("add", "sub", "mul", "div", "pow", "add_", "sub_", "mul_", "div_", "pow_", "maximum", "minimum")
 
 
 def activation_of(node: fx.Node | None, modules: dict) -> str | None:
@@ -54,13 +73,10 @@ def activation_of(node: fx.Node | None, modules: dict) -> str | None:
     if node is None:
         return None
     if node.op == "call_module":
-        module = modules[node.target]
-        for cls in type(module).__mro__:
-            if cls in ACTIVATION_MODULES:
-                return ACTIVATION_MODULES[cls]
-        return None
+        return module_activation(modules[node.target])
     if node.op == "call_function":
-        return ACTIVATION_FUNCTIONS.get(node.target)
+        name = ACTIVATION_FUNCTIONS.get(node.target)
+        return "gelu-tanh" if name == "gelu" and node.kwargs.get("approximate") == "tanh" else name
     if node.op == "call_method":
         return ACTIVATION_METHODS.get(node.target)
     return None
@@ -72,7 +88,8 @@ def module_activation(module: nn.Module | None) -> str | None:
         return None
     for cls in type(module).__mro__:
         if cls in ACTIVATION_MODULES:
-            return ACTIVATION_MODULES[cls]
+            name = ACTIVATION_MODULES[cls]
+            return "gelu-tanh" if name == "gelu" and getattr(module, "approximate", "none") == "tanh" else name
     return None
 
 
@@ -103,6 +120,14 @@ def identity(node: fx.Node, t) -> None:
     t.category(node, "nop")
 
 
+@module_rule(*_UNARY_MODULES)
+@function_rule(*_UNARY_FUNCTIONS)
+@method_rule(*_UNARY_METHODS)
+def unary(node: fx.Node, t) -> None:
+    _pass_first(node, t)
+    t.category(node, "scalar")
+
+
 @function_rule(*_BINARY_FUNCTIONS)
 @method_rule(*_BINARY_METHODS)
 def binary(node: fx.Node, t) -> None:
@@ -118,11 +143,15 @@ def binary(node: fx.Node, t) -> None:
     if ia is None and ib is None:
         t.fixed_like(node)
         return
-    params = [arg for arg, info in ((a, ia), (b, ib)) if info is None and arg.op == "get_attr"]
-    if params:  # tensor op parameter: the parameter's broadcast channel dim follows the tensor
-        tensor_info = ia if ia is not None else ib
-        _parameter_follows(params[0], tensor_info, t)
-        t.set(node, tensor_info)
+    expressions = [t.parameter_leaves.get(arg) is not None for arg in (a, b)]
+    if expressions[0] != expressions[1]:  # a parameter (expression) scales or shifts a tensor: it follows
+        tensor, expression = (b, a) if expressions[0] else (a, b)
+        tensor_info = t.channels(tensor)
+        if tensor_info is None:
+            t.fixed_like(node)
+            return
+        _parameters_follow(expression, tensor_info, node, t)
+        t.set(node, tensor_info.with_axis(tensor_info.axis, len(out_shape)))
         t.category(node, "scale")
         return
     if ia is None or ib is None:
@@ -157,16 +186,51 @@ def binary(node: fx.Node, t) -> None:
     raise t.unsupported(node, f"broadcasts {size_a} against {size_b} channels")
 
 
-def _parameter_follows(param_node: fx.Node, info: Channels, t) -> None:
-    """A parameter (get_attr) combined with a tensor: the dim that broadcasts against the channel axis follows it."""
-    shape = t.shape(param_node)
-    out_ndim = info.ndim
-    # align trailing dims: param dim j corresponds to tensor dim j + (out_ndim - len(shape))
-    channel_dim = info.axis - (out_ndim - len(shape))
+def _parameters_follow(expression: fx.Node, info: Channels, node: fx.Node, t) -> None:
+    """A parameter expression (a parameter, `weight[:, None, None]`, FrozenBatchNorm's `weight * (var +
+    eps).rsqrt()` reshaped to (1, C, 1, 1), ...) combined with a tensor: when it broadcasts along the tensor's
+    channel axis, every parameter it is computed from follows those channels in its one dim of that size."""
+    shape = t.shape(expression)
+    channel_dim = info.axis - (info.ndim - len(shape))  # trailing dims align under broadcasting
     if not 0 <= channel_dim < len(shape) or shape[channel_dim] == 1:
-        return  # the parameter does not vary along the channels (a scalar or per-pixel parameter)
+        return  # the expression does not vary along the channels (a scalar or per-pixel parameter)
     if shape[channel_dim] != info.size:
-        raise t.unsupported(param_node, f"parameter of shape {shape} does not match {info.size} channels")
-    dims = [int(d) for d in shape]
-    dims[channel_dim] = info
-    t.param(param_node.target, dims)
+        raise t.unsupported(node, f"a parameter of shape {tuple(shape)} meets {info.size} channels")
+    if _spells_channel_count(expression, info.size):  # e.g. weight.view(1, 64, 1, 1): only right at full width
+        t.pin(info, f"{node.name}: a parameter is reshaped with a literal channel count")
+        return
+    for leaf in t.parameter_leaves[expression]:
+        dims = [int(d) for d in t.shape(leaf)]
+        along = [d for d, size in enumerate(dims) if size == info.size]
+        if math.prod(dims) == 1:
+            continue  # a scalar (an eps tensor)
+        if len(along) != 1 or math.prod(dims) != info.size:
+            raise t.unsupported(node, f"parameter `{leaf.target}` of shape {tuple(dims)} cannot follow "
+                                      f"{info.size} channels")
+        previous = t.params.get(leaf.target)
+        if previous is not None and isinstance(previous[along[0]], Channels):  # used with other channels too
+            try:
+                t.union(previous[along[0]], info, node.name)
+            except _SegmentMismatch:
+                t.pin(info, f"{node.name}: parameter `{leaf.target}` meets differently concatenated channels")
+                t.pin(previous[along[0]], f"{node.name}: parameter `{leaf.target}` meets differently "
+                                          "concatenated channels")
+            continue
+        dims[along[0]] = info
+        t.param(leaf.target, dims)
+
+
+def _spells_channel_count(expression: fx.Node, channels: int) -> bool:
+    """Whether a reshape inside a parameter expression spells the channel count as a literal."""
+    pending, seen = [expression], set()
+    while pending:
+        node = pending.pop()
+        if node in seen or node.op == "get_attr":
+            continue
+        seen.add(node)
+        if node.target in ("view", "reshape", "expand", "repeat", torch.reshape) and channels > 1:
+            literals = [a for a in node.args[1:] for a in (a if isinstance(a, (tuple, list)) else (a,))]
+            if channels in literals:
+                return True
+        pending += node.all_input_nodes
+    return False

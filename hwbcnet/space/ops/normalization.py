@@ -67,7 +67,7 @@ def groupnorm(node: fx.Node, t) -> None:
     t.add_member(x, name)
     group_width = 0 if module.num_groups == 1 else module.num_channels // module.num_groups
     if group_width:
-        t.require_divisor(x, group_width, node)
+        t.require_divisor(x, group_width)
     t.module_spec(name, "groupnorm", x, x, group_width)
     _channel_params(module, name, x, t)
     t.category(node, "gn")

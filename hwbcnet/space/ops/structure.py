@@ -4,8 +4,10 @@ concatenation, splits and channel indexing, padding and resizing.
 A reshape either keeps the channel axis (squeeze, unsqueeze, flattening the spatial dims), flattens it with the
 dims after it (a CxHxW map into a linear layer: each channel repeats H*W times), or mixes channels with other dims
 (channel shuffle's (N, g, C/g, H, W) view): then the channels are pinned at full width. A concatenation along
-channels keeps its operands' segments in order. A split is exact when its parts fall on segment boundaries (and,
-for `chunk`, the parts are tied to equal sizes); splits with constant sizes pin their channels.
+channels keeps its operands' segments in order. A split or a channel slice at constant positions cuts the sources
+it falls inside there (Tracing.cut), so each part has its own variables, and records its sizes or bounds to be
+recomputed from the widths (Tracing.layout_args); `chunk` ties its parts to equal sizes instead. Only a cut inside
+a flattened map's repeated channels, or at positions computed at run time, pins the channels.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import math
 import operator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -208,7 +211,8 @@ def concat(node: fx.Node, t) -> None:
         return
     if all(info.axis == dim for info in infos):
         t.set(node, Channels(dim, tuple(s for info in infos for s in info.segs), ndim))
-        t.category(node, "concat", parts=len(infos))
+        # torch.cat of one tensor (DenseNet's first layer) copies it: no concat to time
+        t.category(node, "concat", parts=len(infos)) if len(infos) > 1 else t.category(node, "nop")
         return
     first = infos[0]
     try:  # concatenated along another dim: the channels of every operand are the same channels
@@ -261,20 +265,24 @@ def split(node: fx.Node, t) -> None:
         t.set(node, tuple(x.with_axis(x.axis - (len(shape) < x.ndim and dim < x.axis), len(shape))
                           for shape in shapes))
         return
-    parts = None if target == "unbind" else _parts(x, [shape[dim] for shape in shapes])
+    sizes = [shape[dim] for shape in shapes]
+    parts = None
+    if target in ("split", "chunk"):  # the parts' sources are cut where the split cuts
+        cut = t.cut(x, np.cumsum(sizes)[:-1].tolist())
+        parts = None if cut is None else _parts(cut, sizes)
     if parts is not None and target == "chunk":  # chunk(n) halves whatever width it gets: tie the parts
         try:
             for other in parts[1:]:
                 t.union(Channels(dim, parts[0], x.ndim), Channels(dim, other, x.ndim), node.name)
         except _SegmentMismatch:
             parts = None
-    elif parts is not None and t.is_free(x):  # constant split sizes only hold at full width
-        parts = None
+    elif parts is not None:  # constant sizes: the split follows the parts' widths (materialize rewrites them)
+        t.layout_args(node, "split", [Channels(dim, part, x.ndim) for part in parts])
     if parts is None:
         t.pin(x, f"{node.name}: {'unbinds' if target == 'unbind' else 'splits'} channels at fixed positions")
         t.fixed_like(node)
         return
-    t.set(node, tuple(Channels(dim, tuple(p), x.ndim) for p in parts))
+    t.set(node, tuple(t.expand(Channels(dim, tuple(p), x.ndim)) for p in parts))
 
 
 def _index_items(index, ndim: int) -> list:
@@ -284,6 +292,43 @@ def _index_items(index, ndim: int) -> list:
         explicit = sum(item is not None and item is not Ellipsis for item in items)
         items[position:position + 1] = [slice(None)] * (ndim - explicit)
     return items
+
+
+def _channel_index(node: fx.Node, x: Channels, index, t) -> tuple[Channels | None, int | None]:
+    """What `x[index]` keeps of x's channels: (its channels, the axis they sit on), (None, None) when it selects
+    one channel, or pins x when the selection cannot follow the widths. A slice at constant positions
+    [start:stop] cuts x's sources there and has its bounds recomputed from the widths (layout_args)."""
+    in_shape = t.shape(node.args[0])
+    items = _index_items(index, x.ndim)
+    dim, out_dim, axis, item, position = 0, 0, None, slice(None), None
+    for entry_position, entry in enumerate(items):
+        if entry is None:
+            out_dim += 1
+            continue
+        if dim == x.axis:
+            item, axis, position = entry, (None if isinstance(entry, int) else out_dim), entry_position
+        if not isinstance(entry, (int, slice)):  # tensor indexing
+            t.pin(x, f"{node.name}: indexes channels with a tensor")
+            return None, None
+        out_dim += 0 if isinstance(entry, int) else 1
+        dim += 1
+    if dim <= x.axis:  # the channel axis is not indexed
+        return x, out_dim + (x.axis - dim)
+    if axis is None:  # one channel selected: a fixed single-channel tensor
+        return None, None
+    if not all(isinstance(b, (int, type(None))) for b in (item.start, item.stop, item.step)):
+        t.pin(x, f"{node.name}: slices channels at computed positions")
+        return None, None
+    start, stop, step = item.indices(in_shape[x.axis])
+    if step == 1 and start == 0 and stop == in_shape[x.axis]:
+        return x, axis
+    cut = t.cut(x, [start, stop]) if step == 1 else None
+    parts = None if cut is None else _parts(cut, [start, stop - start])
+    if parts is None:
+        t.pin(x, f"{node.name}: selects channels {start}:{stop}:{step}")
+        return None, None
+    t.layout_args(node, "slice", [Channels(x.axis, part, x.ndim) for part in parts], position, tuple(items))
+    return Channels(axis, parts[1], x.ndim), axis
 
 
 @function_rule(operator.getitem)
@@ -301,37 +346,34 @@ def getitem(node: fx.Node, t) -> None:
         if t.shape(node) is not None:
             t.fixed_like(node)
         return
-    in_shape = t.shape(source)
-    dim, out_dim, axis, item = 0, 0, None, slice(None)
-    for entry in _index_items(index, x.ndim):
-        if entry is None:
-            out_dim += 1
-            continue
-        if dim == x.axis:
-            item, axis = entry, (None if isinstance(entry, int) else out_dim)
-        if not isinstance(entry, (int, slice)):  # tensor indexing
-            t.pin(x, f"{node.name}: indexes channels with a tensor")
-            t.fixed_like(node)
-            return
-        out_dim += 0 if isinstance(entry, int) else 1
-        dim += 1
-    if dim <= x.axis:  # the channel axis is not indexed
-        axis, item = out_dim + (x.axis - dim), slice(None)
-    ndim = len(t.shape(node))
-    if axis is None:  # one channel selected: a fixed single-channel tensor
+    selected, axis = _channel_index(node, x, index, t)
+    if selected is None:
         t.fixed_like(node)
         return
-    start, stop, step = item.indices(in_shape[x.axis])
-    if step == 1 and start == 0 and stop == in_shape[x.axis]:
-        t.set(node, x.with_axis(axis, ndim))
-        t.category(node, "nop")
+    t.set(node, selected.with_axis(axis, len(t.shape(node))))
+    t.category(node, "nop")
+
+
+@function_rule(operator.setitem)
+def setitem(node: fx.Node, t) -> None:
+    """x[index] = value, in place: value's channels are the selected channels of x."""
+    target, index, value = node.args[:3]
+    x, incoming = t.channels(target), t.channels(value)
+    if x is None:
+        if t.is_free(incoming):
+            raise t.unsupported(node, "writes channels into a tensor without channel information")
         return
-    parts = _parts(x, [start, stop - start]) if step == 1 else None
-    if parts is not None and all(not t.sources.is_free(s.src) for s in parts[0]):
-        t.set(node, Channels(axis, parts[1], ndim))
+    selected, _ = _channel_index(node, x, index, t)
+    if incoming is None:
+        return  # a constant written into x
+    if selected is None or incoming.size != selected.size:
+        t.pin(incoming, f"{node.name}: is written into channels that cannot follow it")
         return
-    t.pin(x, f"{node.name}: selects channels {start}:{stop}")
-    t.fixed_like(node)
+    try:
+        t.union(selected.with_axis(incoming.axis, incoming.ndim), incoming, node.name)
+    except _SegmentMismatch:
+        t.pin(incoming, f"{node.name}: writes differently concatenated channels")
+        t.pin(selected, f"{node.name}: receives differently concatenated channels")
 
 
 # ------------------------------------------------------------------------------------------------ spatial ops
