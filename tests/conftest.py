@@ -12,3 +12,9 @@ torch.set_num_threads(1)
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def short_load_samples(monkeypatch):
+    """Sampling the machine's busy cores sleeps half a second per measurement; tests need no accurate load."""
+    monkeypatch.setattr("hwbcnet.costs.calibration.BUSY_SAMPLE_SECONDS", 0.01)

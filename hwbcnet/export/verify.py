@@ -7,6 +7,11 @@ profile's precision and batch (export/tensorrt_export.prepare_onnx) and built wi
 The prediction comes from the arch and space recorded in the ONNX metadata and the device's LUT (calibrated
 T = a + b * sum of cells when the LUT has a calibration), or, without a LUT here, from the prediction recorded at
 export time for the same device.
+
+The machine's load, sampled before timing, is held against the load the LUT recorded when it was calibrated: the
+cores other processes keep busy (hwbcnet.costs.calibration.busy_cores) where the calibration recorded them, else
+the 1-minute load average (also what a LUT without a calibration recorded when its cells were measured). When the
+two differ by more than LOAD_TOLERANCE the measurement is not comparable with the prediction, and verify says so.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from hwbcnet.errors import HwbcnetError
 from hwbcnet.export.onnx_export import load_onnx, read_export_metadata
 from hwbcnet.export.tensorrt_export import fixed_batch, prepare_onnx
 
+LOAD_TOLERANCE = 0.5  # busy cores (or runnable tasks): half a core of other work
+
 
 def verify(onnx_path: str | Path, profile, *, budget_ms: float | str | None = None, lut_path: str | Path | None = None,
            strict: bool = False, backend=None) -> dict:
@@ -27,6 +34,7 @@ def verify(onnx_path: str | Path, profile, *, budget_ms: float | str | None = No
     predicted_ms (None when no prediction is possible; `predicted_note` says where it came from or why not),
     error_pct = 100 (predicted - measured) / measured, budget_ms, within_budget (None without a budget) and
     `failed`: True when `strict` and the measurement is over budget (the CLI exits 1 then)."""
+    from hwbcnet.costs.calibration import machine_conditions
     from hwbcnet.hardware.backends import get_backend
     from hwbcnet.hardware.profiler import measure_model
     from hwbcnet.hardware.profiles import Profile, load_profile
@@ -42,8 +50,10 @@ def verify(onnx_path: str | Path, profile, *, budget_ms: float | str | None = No
         raise HwbcnetError(f"{onnx_path} has a fixed batch of {fixed_batch(model)} but device {profile.name} times "
                            f"batch {profile.batch}; export with --batch {profile.batch} or --dynamic-batch")
     backend = backend or get_backend(profile.backend)
+    load_now = machine_conditions()
     stats = measure_model(model.SerializeToString(), profile, backend)
     predicted, note = predict_latency(metadata, profile, lut_path)
+    load = compare_load(load_now, _lut_file(metadata, profile, lut_path))
     within = None if budget is None else stats.median <= budget
     return {
         "model_path": str(onnx_path),
@@ -65,7 +75,54 @@ def verify(onnx_path: str | Path, profile, *, budget_ms: float | str | None = No
         "within_budget": within,
         "strict": strict,
         "failed": bool(strict and within is False),
+        **load,
     }
+
+
+def _lut_file(metadata: dict, profile, lut_path) -> Path | None:
+    from hwbcnet.hardware.lut import lut_path as default_lut_path
+
+    if lut_path:
+        return Path(lut_path)
+    space = metadata.get("space") if metadata else None
+    if not space:
+        return None
+    return default_lut_path(profile.name, space["model"], space["resolution"], profile.batch)
+
+
+def compare_load(now: dict, lut_file: Path | None) -> dict:
+    """{load_now, load_lut, load_comparable, load_warning}: the machine's load now (machine_conditions) against the
+    load recorded in the LUT, at its calibration if it has one, else when its cells were measured."""
+    import json
+
+    recorded, when = {}, None
+    if lut_file is not None and Path(lut_file).is_file():
+        try:
+            data = json.loads(Path(lut_file).read_text())
+        except (OSError, ValueError):
+            data = {}
+        provenance = (data.get("calibration") or {}).get("provenance") or {}
+        recorded = {key: provenance[key] for key in ("load_average", "busy_cores") if provenance.get(key) is not None}
+        when = "calibrated"
+        if not recorded:
+            recorded = {"load_average": ((data.get("provenance") or {}).get("clock_state") or {}).get("load_average")}
+            when = "profiled"
+    result = {"load_now": now, "load_lut": recorded or None, "load_comparable": None, "load_warning": None}
+    if now.get("busy_cores") is not None and recorded.get("busy_cores") is not None:
+        then_value, now_value, what = recorded["busy_cores"], now["busy_cores"], "cores busy with other work"
+    elif now.get("load_average") and recorded.get("load_average"):
+        then_value, now_value, what = recorded["load_average"][0], now["load_average"][0], "1-minute load average"
+    else:
+        return result
+    comparable = abs(now_value - then_value) <= LOAD_TOLERANCE
+    result["load_comparable"] = comparable
+    if not comparable:
+        busier = "busier" if now_value > then_value else "quieter"
+        result["load_warning"] = (f"the machine is {busier} than when the LUT was {when} ({what}: {now_value:.2f} "
+                                  f"now, {then_value:.2f} then): this measurement is not comparable with the "
+                                  "prediction; verify again under the LUT's conditions, or recalibrate "
+                                  "(`hwbcnet lut calibrate`) under these")
+    return result
 
 
 def _budget_ms(budget: float | str | None) -> float | None:
