@@ -15,6 +15,8 @@ def describe_arch(space: WidthSpace, arch_text: str, device: str | None = None, 
     result = space.arch_to_json(arch)
     result["flops"] = int(round(flops_cost(space)(arch[None])[0]))
     result["params"] = int(round(params_cost(space)(arch[None])[0]))
+    result["pinned"] = list(space.traced.pinned)  # channels kept at full width, with the reason
+    result["untimed"] = list(space.traced.untimed)  # executed ops no latency cell covers
     if device is not None:
         from hwbcnet.costs.latency import latency_cost_for
 

@@ -9,24 +9,33 @@ from typing import List, Optional
 
 import typer
 
-from hwbcnet.errors import HwbcnetError
+from hwbcnet.errors import HwbcnetError, MissingRuntimeError
 from hwbcnet.search.defaults import DEFAULT_BN_BATCHES, DEFAULT_GENERATIONS, DEFAULT_SCREEN, FINAL_BN_BATCHES
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Hardware-aware channel-width search with BCNet/BCNetV2 supernets.")
 
-ModelOpt = typer.Option(..., "--model", "-m", help="Model name (see `hwbcnet models`).")
+ModelOpt = typer.Option(..., "--model", "-m", help="Built-in name (`hwbcnet models`), torchvision:NAME, timm:NAME, "
+                        "package.module:factory or path/to/file.py:factory.")
+ModelKwargsOpt = typer.Option(None, "--model-kwargs", help="JSON keyword arguments of the model's factory, e.g. "
+                              "'{\"width_mult\": 0.5}'.")
+FixedOpt = typer.Option(None, "--fixed", help="Keep modules matching this glob at full width (repeatable), e.g. "
+                        "'features.0.*'.")
+ChannelDivisorOpt = typer.Option(None, "--channel-divisor", help="Every width a multiple of this (the full width "
+                                 "stays exact). Default: the device profile's (8 for TensorRT fp16), else 1.")
 BinsOpt = typer.Option(None, "--bins", help="N: bins per width variable (default: the model's).")
 MinBinsOpt = typer.Option(None, "--min-bins", help="m: minimum width in bins (default: the model's; 1 for ua/bcnet).")
 ResolutionOpt = typer.Option(None, "--resolution", help="Input resolution in pixels (default: the model's).")
 WidthMultOpt = typer.Option(1.0, "--width-mult", help="Width multiplier of the full model.")
 
 
-def _space(model, bins=None, min_bins=None, resolution=None, width_mult=1.0, num_classes=10):
+def _space(model, bins=None, min_bins=None, resolution=None, width_mult=1.0, num_classes=10, model_kwargs=None,
+           fixed=None, channel_divisor=None):
     from hwbcnet.space import build_space
 
     return build_space(model, bins=bins, min_bins=min_bins, resolution=resolution, width_mult=width_mult,
-                       num_classes=num_classes)
+                       num_classes=num_classes, model_kwargs=model_kwargs, fixed=tuple(fixed or ()),
+                       channel_divisor=1 if channel_divisor is None else channel_divisor)
 
 
 @app.command()
@@ -41,11 +50,16 @@ def models():
         rows.append([name, space.num_vars, f"{space.bins}/{space.min_bins}", f"{space.size:.3g}", space.resolution,
                      entry.description])
     console.print(table("models", ["name", "width vars", "N/m", "space size", "resolution", "description"], rows))
+    console.print("Also: --model torchvision:NAME | timm:NAME (when installed) | package.module:factory | "
+                  "path/to/file.py:factory, with --model-kwargs JSON.")
 
 
 @app.command()
 def info(
     model: str = ModelOpt,
+    model_kwargs: Optional[str] = ModelKwargsOpt,
+    fixed: Optional[List[str]] = FixedOpt,
+    channel_divisor: Optional[int] = ChannelDivisorOpt,
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Arch code, comma list, full, min, or a JSON file."),
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
@@ -59,9 +73,10 @@ def info(
     from hwbcnet.api import describe_arch
 
     if device is not None:  # the LUT's space: at the resolution the device profile fixes, if it fixes one
-        _, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+        _, space = _device_space(device, model, bins, min_bins, resolution, width_mult, model_kwargs, fixed, channel_divisor)
     else:
-        space = _space(model, bins, min_bins, resolution, width_mult)
+        space = _space(model, bins, min_bins, resolution, width_mult, model_kwargs=model_kwargs, fixed=fixed,
+                       channel_divisor=channel_divisor)
     result = describe_arch(space, arch or "full", device=device, lut_path=lut)
     if as_json:
         print(json.dumps(result))
@@ -75,11 +90,19 @@ def info(
     if "latency_ms" in result:
         summary.append([f"latency ({device})", f"{result['latency_ms']:.3f} ms"])
     console.print(table("costs", ["metric", "value"], summary, justify_numbers=False))
+    for reason in result["pinned"]:
+        console.print(f"[yellow]pinned at full width[/yellow] {reason}")
+    if result["untimed"]:
+        console.print(f"[yellow]not timed by LUT cells[/yellow] (the calibration absorbs them): "
+                      f"{', '.join(result['untimed'][:8])}{' ...' if len(result['untimed']) > 8 else ''}")
 
 
 @app.command()
 def train(
     model: str = ModelOpt,
+    model_kwargs: Optional[str] = ModelKwargsOpt,
+    fixed: Optional[List[str]] = FixedOpt,
+    channel_divisor: Optional[int] = ChannelDivisorOpt,
     data: str = typer.Option("digits", "--data", help="digits | cifar10:<dir> | imagefolder:<dir> | synthetic[:n]"),
     supernet: str = typer.Option("bcnetv2", "--supernet", help="Slicing principle: ua | bcnet | bcnetv2."),
     epochs: int = typer.Option(10, "--epochs"),
@@ -94,14 +117,27 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     max_steps_per_epoch: Optional[int] = typer.Option(None, "--max-steps-per-epoch", help="Cap steps (quick runs)."),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT/supernet.pt."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Initialise the supernet from a state_dict of the "
+                                           "model (.pt/.pth, or .safetensors with the safetensors package)."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="The device you will search for: its profile's "
+                                         "channel divisor shapes the width space (as `profile --device` does)."),
 ):
     """Train a slimmable supernet (left/right paths, complementary widths; sandwich rule for ua)."""
+    from hwbcnet.space.models.sources import parse_model_source
     from hwbcnet.training.distributed import DistContext
     from hwbcnet.training.trainer import TrainConfig, train_supernet
 
-    config = TrainConfig(model=model, data=data, principle=supernet, bins=bins, min_bins=min_bins,
+    source = parse_model_source(model, model_kwargs)
+    if channel_divisor is None and device is not None:
+        from hwbcnet.hardware.profiles import load_profile
+
+        channel_divisor = load_profile(device).channel_divisor
+    config = TrainConfig(model=source.spec, data=data, principle=supernet, bins=bins, min_bins=min_bins,
                          resolution=resolution, width_mult=width_mult, epochs=epochs, batch_size=batch_size, lr=lr,
-                         weight_decay=weight_decay, seed=seed, max_steps_per_epoch=max_steps_per_epoch)
+                         weight_decay=weight_decay, seed=seed, max_steps_per_epoch=max_steps_per_epoch,
+                         model_kwargs=source.kwargs, fixed=tuple(fixed or ()),
+                         channel_divisor=1 if channel_divisor is None else channel_divisor,
+                         weights=str(weights) if weights else None)
     from hwbcnet.api import width_accuracy_table
     from hwbcnet.reporting import console
 
@@ -290,17 +326,23 @@ def bench_cbm(
                       f"Spearman rho {r['spearman_rho']:.3f}")
 
 
-def _device_space(device: str, model: str, bins, min_bins, resolution, width_mult):
-    """The device profile and the width space at the profile's resolution (when it fixes one)."""
+def _device_space(device: str, model: str, bins, min_bins, resolution, width_mult, model_kwargs=None, fixed=None,
+                  channel_divisor=None):
+    """The device profile and the width space at the profile's resolution (when it fixes one) and channel divisor
+    (unless given)."""
     from hwbcnet.hardware.profiles import load_profile
 
     profile = load_profile(device)
     if resolution is None and profile.resolution is not None:
         resolution = profile.resolution
-    return profile, _space(model, bins, min_bins, resolution, width_mult)
+    if channel_divisor is None:
+        channel_divisor = profile.channel_divisor
+    return profile, _space(model, bins, min_bins, resolution, width_mult, model_kwargs=model_kwargs, fixed=fixed,
+                           channel_divisor=channel_divisor)
 
 
-DeviceOpt = typer.Option(..., "--device", "-d", help="Device profile name (see `hwbcnet devices`) or a .toml path.")
+DeviceOpt = typer.Option(..., "--device", "-d", help="Device profile name (see `hwbcnet devices`), jetson or gpu for "
+                         "this machine's own, or a .toml path.")
 LutOpt = typer.Option(None, "--lut", help="LUT file (default: lut/<device>/<model>-<resolution>-b<batch>.json).")
 
 
@@ -314,16 +356,21 @@ def devices(as_json: bool = typer.Option(False, "--json", help="Print one JSON o
     if as_json:
         print(json.dumps({p.name: p.to_json() for p in profiles}))
         return
-    rows = [[p.name, p.backend, p.precision, p.batch, p.threads if p.backend == "onnxruntime" else "-",
-             p.resolution or "model", p.description] for p in profiles]
+    rows = [[p.name, p.backend, p.precision, p.batch, p.threads if p.backend != "tensorrt" else "-",
+             p.resolution or "model", p.channel_divisor, p.description] for p in profiles]
     console.print(table("device profiles", ["name", "backend", "precision", "batch", "threads", "resolution",
-                                             "description"], rows, justify_numbers=False))
+                                             "channel divisor", "description"], rows, justify_numbers=False))
+    console.print("--device jetson / --device gpu pick this machine's own profile: on a Jetson the jetson-* profile "
+                  "of its module; elsewhere gpu is the gpu profile and jetson an error.")
 
 
 @app.command()
 def profile(
     device: str = DeviceOpt,
     model: str = ModelOpt,
+    model_kwargs: Optional[str] = ModelKwargsOpt,
+    fixed: Optional[List[str]] = FixedOpt,
+    channel_divisor: Optional[int] = ChannelDivisorOpt,
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
@@ -336,7 +383,7 @@ def profile(
     from hwbcnet.hardware.report import lut_summary
     from hwbcnet.reporting import console, table
 
-    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult, model_kwargs, fixed, channel_divisor)
     lut = build_lut(space, prof, out, seed=seed)
     summary = lut_summary(lut)
     console.print(table(f"LUT {lut.path}", ["metric", "value"], [[k, v] for k, v in summary.items()
@@ -352,6 +399,9 @@ app.add_typer(lut_app, name="lut")
 def lut_calibrate(
     device: str = DeviceOpt,
     model: str = ModelOpt,
+    model_kwargs: Optional[str] = ModelKwargsOpt,
+    fixed: Optional[List[str]] = FixedOpt,
+    channel_divisor: Optional[int] = ChannelDivisorOpt,
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
@@ -365,7 +415,7 @@ def lut_calibrate(
     from hwbcnet.costs.calibration import calibrate_lut
     from hwbcnet.reporting import console
 
-    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
+    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult, model_kwargs, fixed, channel_divisor)
     cal = calibrate_lut(space, prof, lut, samples=samples, repeats=repeats, seed=seed)
     console.print(f"calibration: T = {cal['a_ms']:.4f} ms + {cal['b']:.4f} x sum(cells)  "
                   f"(fit median |error| {cal['residuals']['median_abs_pct']:.2f} %, on {len(cal['fitted_on'])} subnets)")
@@ -375,6 +425,9 @@ def lut_calibrate(
 def lut_validate(
     device: str = DeviceOpt,
     model: str = ModelOpt,
+    model_kwargs: Optional[str] = ModelKwargsOpt,
+    fixed: Optional[List[str]] = FixedOpt,
+    channel_divisor: Optional[int] = ChannelDivisorOpt,
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
@@ -392,8 +445,8 @@ def lut_validate(
     from hwbcnet.hardware.lut import lut_path as default_lut_path
     from hwbcnet.costs.calibration import validate_lut
 
-    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
-    path = lut or default_lut_path(prof.name, space.model, space.resolution, prof.batch)
+    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult, model_kwargs, fixed, channel_divisor)
+    path = lut or default_lut_path(prof.name, space.slug, space.resolution, prof.batch)
     plot = plot or Path(path).with_name(Path(path).stem + "-validate.png")
     report = validate_lut(space, prof, path, samples=samples, repeats=repeats, seed=seed, calibrate=calibrate,
                           plot=plot, progress=not as_json)
@@ -413,6 +466,9 @@ def lut_validate(
 def lut_show(
     device: str = DeviceOpt,
     model: str = ModelOpt,
+    model_kwargs: Optional[str] = ModelKwargsOpt,
+    fixed: Optional[List[str]] = FixedOpt,
+    channel_divisor: Optional[int] = ChannelDivisorOpt,
     bins: Optional[int] = BinsOpt,
     min_bins: Optional[int] = MinBinsOpt,
     resolution: Optional[int] = ResolutionOpt,
@@ -426,8 +482,8 @@ def lut_show(
     from hwbcnet.hardware.lut import lut_path as default_lut_path
     from hwbcnet.hardware.report import lut_heatmap, lut_summary
 
-    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult)
-    path = lut or default_lut_path(prof.name, space.model, space.resolution, prof.batch)
+    prof, space = _device_space(device, model, bins, min_bins, resolution, width_mult, model_kwargs, fixed, channel_divisor)
+    path = lut or default_lut_path(prof.name, space.slug, space.resolution, prof.batch)
     table_ = Lut.load(path, space=space, profile=prof)
     summary = lut_summary(table_)
     summary["heatmap"] = str(lut_heatmap(table_, heatmap or Path(path).with_name(Path(path).stem + "-heatmap.png")))
@@ -445,9 +501,13 @@ def lut_show(
 def export(
     search_result: Optional[Path] = typer.Option(None, "--search", "-s", help="search.json (extracts the subnet)."),
     subnet: Optional[Path] = typer.Option(None, "--subnet", help="subnet.pt from `extract` or `finetune`."),
-    onnx_path: Path = typer.Option(..., "--onnx", help="Output ONNX file."),
+    from_onnx: Optional[Path] = typer.Option(None, "--from-onnx", help="Build a TensorRT engine from this ONNX file "
+                                             "(exported elsewhere: needs neither torch nor the supernet here)."),
+    onnx_path: Optional[Path] = typer.Option(None, "--onnx", help="Output ONNX file (default: next to the "
+                                             "--search/--subnet file, same name with .onnx)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Symbolic batch dimension."),
-    batch: int = typer.Option(1, "--batch"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Batch size (default: 1; with --from-onnx the "
+                                        "model's fixed batch, else the device profile's)."),
     opset: int = typer.Option(17, "--opset"),
     trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine (needs TensorRT and a GPU)."),
     engine: Optional[Path] = typer.Option(None, "--engine", help="Engine path (default: the ONNX path with .engine)."),
@@ -455,38 +515,57 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="TensorRT INT8 engine through Q/DQ nodes."),
     calib: str = typer.Option("digits", "--calib", help="INT8 calibration images: a data spec or a folder."),
     calib_images: int = typer.Option(512, "--calib-images"),
-    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile for the engine (timing cache)."),
+    device: Optional[str] = typer.Option(None, "--device", "-d", help="Device profile for the engine: its precision "
+                                         "(unless --fp16/--int8), batch and timing cache; `jetson`/`gpu`: this machine's."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
-    """Export the searched subnet: physically pruned ONNX (checked against PyTorch), optionally a TensorRT engine."""
-    from hwbcnet.export.onnx_export import export_onnx, load_export_source
+    """Export the searched subnet: physically pruned ONNX (checked against PyTorch), optionally a TensorRT engine;
+    or, with --from-onnx, build the engine on the target from an ONNX file exported elsewhere."""
     from hwbcnet.reporting import console
 
-    if (search_result is None) == (subnet is None):
-        raise HwbcnetError("give exactly one of --search DIR/search.json or --subnet DIR/subnet.pt")
+    sources = [name for name, value in (("--search", search_result), ("--subnet", subnet), ("--from-onnx", from_onnx))
+               if value is not None]
+    if len(sources) != 1:
+        raise HwbcnetError("give exactly one of --search DIR/search.json, --subnet DIR/subnet.pt or --from-onnx "
+                           "model.onnx")
     if fp16 and int8:
         raise HwbcnetError("choose one of --fp16 and --int8")
-    if (fp16 or int8) and not trt:
-        raise HwbcnetError("--fp16/--int8 are TensorRT precisions: add --trt")
-    source = load_export_source(search_result or subnet)
-    report = export_onnx(source.model, source.space, source.arch, onnx_path, dynamic_batch=dynamic_batch,
-                         batch=batch, opset=opset, metadata=source.metadata)
-    result = {"onnx": report.to_json()}
-    if not as_json:
-        console.print(f"ONNX {onnx_path}: opset {report.opset}, max |ONNX Runtime - PyTorch| = "
-                      f"{report.max_abs_diff:.2e} on {report.compared_images} {report.compared_on} images")
+    if from_onnx is not None and onnx_path is not None:
+        raise HwbcnetError("--from-onnx reads its ONNX file and --onnx names one to write: give only --from-onnx")
+    trt = trt or from_onnx is not None  # an ONNX file exported elsewhere is only read to build its engine
+    if (fp16 or int8 or device) and not trt:
+        raise HwbcnetError("--fp16/--int8/--device choose the TensorRT engine: add --trt")
+    result = {}
+    if from_onnx is None:
+        from hwbcnet.export.onnx_export import default_onnx_path, export_onnx, load_export_source
+
+        onnx_path = onnx_path or default_onnx_path(search_result or subnet)
+        source = load_export_source(search_result or subnet)
+        report = export_onnx(source.model, source.space, source.arch, onnx_path, dynamic_batch=dynamic_batch,
+                             batch=batch or 1, opset=opset, metadata=source.metadata)
+        result["onnx"] = report.to_json()
+        if not as_json:
+            console.print(f"ONNX {onnx_path}: opset {report.opset}, max |ONNX Runtime - PyTorch| = "
+                          f"{report.max_abs_diff:.2e} on {report.compared_images} {report.compared_on} images")
     if trt:
         from hwbcnet.export.tensorrt_export import export_tensorrt
 
-        precision = "fp16" if fp16 else "int8" if int8 else "fp32"
-        sidecar = export_tensorrt(onnx_path, engine or onnx_path.with_suffix(".engine"), precision=precision,
-                                  calib=calib if int8 else None, calib_images=calib_images, timing_cache=timing_cache,
-                                  device_profile=device, batch=batch)
+        onnx_file = from_onnx or onnx_path
+        precision = "fp16" if fp16 else "int8" if int8 else None
+        try:
+            sidecar = export_tensorrt(onnx_file, engine, precision=precision, calib=calib, calib_images=calib_images,
+                                      timing_cache=timing_cache, device_profile=device, batch=batch)
+        except MissingRuntimeError as exc:
+            if from_onnx is not None:
+                raise
+            # The ONNX file is written: say how to build its engine on the machine that has the GPU.
+            raise MissingRuntimeError(f"{exc}; the ONNX model is at {onnx_file}: copy it to the target and run "
+                                      f"`hwbcnet export --from-onnx {onnx_file.name} --trt` there") from None
         result["tensorrt"] = sidecar
         if not as_json:
-            console.print(f"TensorRT {precision} engine {engine or onnx_path.with_suffix('.engine')} "
-                          f"(TensorRT {sidecar.get('tensorrt_version')}, {sidecar.get('gpu', {}).get('name', '?')})")
+            console.print(f"TensorRT {sidecar['precision']} engine {sidecar['engine']} next to {onnx_file} "
+                          f"(TensorRT {sidecar['tensorrt_version']}, {sidecar['gpu']})")
     if as_json:
         print(json.dumps(result))
 
@@ -494,13 +573,14 @@ def export(
 @app.command()
 def verify(
     device: str = DeviceOpt,
-    model: Path = typer.Option(..., "--model", "-m", help="Exported ONNX model."),
+    model: Path = typer.Option(..., "--model", "-m", help="Exported ONNX model, or a TensorRT engine (.engine) "
+                               "built by `hwbcnet export --trt` (timed as it is, on a tensorrt device)."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Latency budget, e.g. 10ms."),
     lut: Optional[Path] = LutOpt,
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when the measurement exceeds the budget."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ):
-    """Measure an exported model with the device profile's settings: measured vs LUT-predicted vs budget."""
+    """Measure an exported model or engine with the device profile's settings: measured vs LUT-predicted vs budget."""
     from hwbcnet.export.verify import verify as verify_model
 
     result = verify_model(model, device, budget_ms=budget, lut_path=lut, strict=strict)

@@ -59,7 +59,10 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
 
     started = _stage("1/6 train a bcnetv2 supernet on digits")
     checkpoint = out / "supernet.pt"
+    profile = load_profile(config.device)
+    # the LUT and the checkpoint must describe one space: train with the device's channel divisor
     train_config = TrainConfig(model=config.model, data=config.data, principle="bcnetv2", bins=config.bins,
+                               channel_divisor=profile.channel_divisor,
                                min_bins=config.min_bins, resolution=config.resolution, epochs=config.epochs,
                                batch_size=32, lr=0.05, max_steps_per_epoch=config.max_steps_per_epoch)
     if checkpoint.exists() and load_checkpoint(checkpoint).get("finished"):
@@ -69,9 +72,8 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
     timings["train"] = time.perf_counter() - started
 
     started = _stage(f"2/6 latency LUT on device '{config.device}' (measures only missing cells)")
-    profile = load_profile(config.device)
     space = train_config.resolved_space(10)
-    lut_file = lut_path(profile.name, space.model, space.resolution, profile.batch, root=out / "lut")
+    lut_file = lut_path(profile.name, space.slug, space.resolution, profile.batch, root=out / "lut")
     build_lut(space, profile, lut_file)
     if Lut.load(lut_file, space=space, profile=profile).calibration is None:
         calibrate_lut(space, profile, lut_file, samples=config.calibration_samples, repeats=2)
@@ -124,7 +126,8 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
     verification = result.get("verification") or {}
     summary = {
         "arch": result["arch"]["code"], "verification": verification.get("status"),
-        "verification_rounds": len(verification.get("rounds", [])), "flops": result["costs"]["flops"], "params": result["costs"]["params"],
+        "verification_rounds": len(verification.get("rounds", [])),
+        "flops": result["costs"]["flops"], "params": result["costs"]["params"],
         "predicted_ms": verified["predicted_ms"], "measured_ms": verified["measured_ms"], "budget_ms": budget_ms,
         "within_budget": verified["within_budget"], "supernet_score": result["score"],
         "val_accuracy": subnet["accuracy"]["val"], "test_accuracy": subnet["accuracy"]["test"],

@@ -17,4 +17,4 @@ def rng():
 @pytest.fixture(autouse=True)
 def short_load_samples(monkeypatch):
     """Sampling the machine's busy cores sleeps half a second per measurement; tests need no accurate load."""
-    monkeypatch.setattr("hwbcnet.costs.calibration.BUSY_SAMPLE_SECONDS", 0.01)
+    monkeypatch.setattr("hwbcnet.hardware.machine.BUSY_SAMPLE_SECONDS", 0.01)

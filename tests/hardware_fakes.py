@@ -10,7 +10,7 @@ import onnx
 
 from hwbcnet.hardware.profiles import Profile, TimingPolicy
 from hwbcnet.hardware.timing import summarize
-from hwbcnet.space.layers import Layer
+from hwbcnet.space.layers import Layer, Layout, Segment
 
 
 @dataclass
@@ -19,10 +19,14 @@ class Var:
     channels: int
 
 
+def _layout(var: int, channels: int) -> Layout:
+    return Layout((Segment(var, channels),))
+
+
 class TinySpace:
     """A WidthSpace look-alike: stem conv -> residual block (conv, conv, add) -> pool -> linear; 3 variables."""
 
-    model = "tiny"
+    model = slug = "tiny"
     resolution = 8
     width_mult = 1.0
     num_classes = 10
@@ -30,14 +34,18 @@ class TinySpace:
     def __init__(self, bins: int = 4, min_bins: int = 2):
         self.bins, self.min_bins = bins, min_bins
         self.variables = [Var("stage", 8), Var("mid", 12), Var("unused_in_add", 8)]
+        stage, mid, block = _layout(0, 8), _layout(1, 12), _layout(2, 8)
         self.layers = [
-            Layer("stem", "conv", None, 0, 3, 8, (8, 8), (8, 8), kernel=3, padding=1, bn=True, act="relu"),
-            Layer("b.conv1", "conv", 0, 1, 8, 12, (8, 8), (4, 4), kernel=3, stride=2, padding=1, bn=True, act="relu"),
-            Layer("b.conv2", "conv", 1, 2, 12, 8, (4, 4), (4, 4), kernel=3, padding=1, bn=True),
-            Layer("b.dw", "conv", 2, 2, 8, 8, (4, 4), (4, 4), kernel=3, padding=1, depthwise=True, bn=True, act="relu6"),
-            Layer("add", "add", 2, 2, 8, 8, (4, 4), (4, 4), act="relu"),
-            Layer("pool", "pool", 2, 2, 8, 8, (4, 4), (1, 1), kernel=4, stride=4, pool="avg"),
-            Layer("fc", "linear", 2, None, 8, 10, (1, 1), (1, 1), bias=True),
+            Layer("stem", "conv", Layout.fixed(3), stage, (8, 8), (8, 8), kernel=(3, 3), padding=(1, 1), bn=True,
+                  act="relu"),
+            Layer("b.conv1", "conv", stage, mid, (8, 8), (4, 4), kernel=(3, 3), stride=(2, 2), padding=(1, 1), bn=True,
+                  act="relu"),
+            Layer("b.conv2", "conv", mid, block, (4, 4), (4, 4), kernel=(3, 3), padding=(1, 1), bn=True),
+            Layer("b.dw", "conv", block, block, (4, 4), (4, 4), kernel=(3, 3), padding=(1, 1), group_width=1, bn=True,
+                  act="relu6"),
+            Layer("add", "add", block, block, (4, 4), (4, 4), act="relu"),
+            Layer("pool", "pool", block, block, (4, 4), (1, 1), kernel=(4, 4), stride=(4, 4), pool="avg"),
+            Layer("fc", "linear", block, Layout.fixed(10), (1, 1), (1, 1), bias=True),
         ]
 
     @property
@@ -50,6 +58,13 @@ class TinySpace:
 
     def channels(self, var: int, bins):
         return -(-np.asarray(bins) * self.variables[var].channels // self.bins)
+
+    def channel_table(self) -> np.ndarray:
+        return np.stack([self.channels(v, np.arange(self.bins + 1)) for v in range(self.num_vars)]).astype(np.int64)
+
+    def arch_channels(self, archs) -> np.ndarray:
+        archs = np.atleast_2d(archs)
+        return self.channel_table()[np.arange(self.num_vars), archs]
 
     def fingerprint(self) -> str:
         return hashlib.sha256(f"tiny-{self.bins}-{self.min_bins}".encode()).hexdigest()[:16]

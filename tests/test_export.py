@@ -62,16 +62,15 @@ def test_round_trip_every_model_has_the_arch_channels(name, tmp_path):
     # Every conv/linear weight is physically pruned to the arch's channel counts.
     channels = space.arch_channels(arch)[0]
     weights = onnx_initializer_channels(onnx_model)
-    parameterised = {n: b for n, b in space.bindings.items() if b.kind != "bn"}
+    parameterised = {n: spec for n, spec in space.traced.modules.items() if spec.kind in ("conv", "linear")}
     assert set(weights) == set(parameterised)
-    for module_name, binding in parameterised.items():
+    for module_name, spec in parameterised.items():
         out_channels, in_channels = weights[module_name][:2]
-        if binding.out_var is not None:
-            assert out_channels == channels[binding.out_var], module_name
-        if binding.kind == "depthwise":
-            assert in_channels == 1
-        elif binding.in_var is not None:
-            assert in_channels == channels[binding.in_var], module_name
+        assert out_channels == spec.out_layout.size_at(channels), module_name
+        if spec.group_width:
+            assert in_channels == spec.group_width
+        else:
+            assert in_channels == spec.in_layout.size_at(channels), module_name
 
     metadata = read_export_metadata(onnx_model)
     assert metadata["arch_code"] == space.format_arch(arch)

@@ -1,11 +1,14 @@
 """TensorRT export without a GPU: ONNX preparation (static batch, fp16, INT8 Q/DQ), the engine sidecar and the error
-paths, against a fake `tensorrt` and `cuda.bindings.runtime` injected through sys.modules. The real build runs
-only under @pytest.mark.gpu."""
+paths, against the fake `tensorrt` and `cuda.bindings.runtime` of tests/nvidia_fakes.py injected through
+sys.modules. The real build runs only under @pytest.mark.gpu."""
 
 import json
+import os
+import shutil
+import subprocess
 import sys
-import types
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -17,12 +20,10 @@ from hwbcnet.errors import HwbcnetError, MissingRuntimeError
 from hwbcnet.export.onnx_export import export_onnx
 from hwbcnet.export.tensorrt_export import export_tensorrt, prepare_onnx, sidecar_path, with_static_batch
 from hwbcnet.fileio import file_sha256
+from hwbcnet.hardware.backends.tensorrt import gpu_available
 from hwbcnet.space import build_space
 from hwbcnet.supernet.extract import build_standalone
-
-PLAN = b"fake serialized engine"
-CACHE = b"fake timing cache"
-
+from nvidia_fakes import FakeGpu, FakeTimingCache
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -32,108 +33,20 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     model = build_standalone(space, arch).eval()
     path = tmp_path_factory.mktemp("trt") / "model.onnx"
-    export_onnx(model, space, arch, path, dynamic_batch=True)
+    export_onnx(model, space, arch, path, dynamic_batch=True, metadata={"device": "jetson-orin-nano",
+                                                                         "predicted_latency_ms": 1.5})
     return path, space, arch, model
 
 
-class FakeTensorRT(types.ModuleType):
-    """The parts of the TensorRT 10.3 Python API the build uses; records what it was given."""
-
-    def __init__(self, version="10.3.0", strongly_typed=True):
-        super().__init__("tensorrt")
-        self.__version__ = version
-        self.parsed: list[bytes] = []
-        self.flags_set: list = []
-        fake = self
-
-        class Logger:
-            WARNING = 2
-
-            def __init__(self, level):
-                pass
-
-        class Network:
-            def __init__(self, flags):
-                self.flags = flags
-
-        class Cache:
-            def serialize(self):
-                return CACHE
-
-        class Config:
-            max_aux_streams = -1
-
-            def set_memory_pool_limit(self, pool, size):
-                self.workspace = size
-
-            def set_flag(self, flag):
-                fake.flags_set.append(flag)
-
-            def create_timing_cache(self, data):
-                return Cache()
-
-            def set_timing_cache(self, cache, ignore_mismatch):
-                pass
-
-        class Builder:
-            def __init__(self, logger):
-                pass
-
-            def create_network(self, flags):
-                fake.network_flags = flags
-                return Network(flags)
-
-            def create_builder_config(self):
-                return Config()
-
-            def build_serialized_network(self, network, config):
-                return PLAN
-
-        class OnnxParser:
-            num_errors = 0
-
-            def __init__(self, network, logger):
-                pass
-
-            def parse(self, data):
-                fake.parsed.append(bytes(data))
-                return True
-
-        creation = types.SimpleNamespace(STRONGLY_TYPED=0) if strongly_typed else types.SimpleNamespace()
-        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
-        self.NetworkDefinitionCreationFlag = creation
-        self.BuilderFlag = types.SimpleNamespace(FP16="FP16")
-        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-        self.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED")
-
-    def built_onnx(self) -> onnx.ModelProto:
-        assert len(self.parsed) == 1
-        return onnx.load_from_string(self.parsed[0])
-
-
-def fake_cudart(devices=1):
-    success = "cudaSuccess"
-    props = types.SimpleNamespace(name=b"Orin (nvgpu)\x00", major=8, minor=7)
-    return types.SimpleNamespace(
-        cudaError_t=types.SimpleNamespace(cudaSuccess=success),
-        cudaGetDeviceCount=lambda: (success, devices),
-        cudaGetDeviceProperties=lambda index: (success, props),
-    )
-
-
 @pytest.fixture
-def fake_trt(monkeypatch):
-    trt = FakeTensorRT()
-    runtime = fake_cudart()
-    bindings = types.ModuleType("cuda.bindings")
-    bindings.runtime = runtime
-    cuda = types.ModuleType("cuda")
-    cuda.bindings = bindings
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "cuda", cuda)
-    monkeypatch.setitem(sys.modules, "cuda.bindings", bindings)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", runtime)
-    return trt
+def gpu(monkeypatch):
+    return FakeGpu().install(monkeypatch)
+
+
+def cache_entries(path):
+    cache = FakeTimingCache.parse(path.read_bytes())
+    assert cache is not None, f"{path} is not a timing cache TensorRT can read"
+    return cache.entries
 
 
 def dims(value):
@@ -179,33 +92,47 @@ def test_int8_preparation_puts_qdq_on_every_conv_and_gemm(exported):
         prepare_onnx(onnx.load(path), "int8", batch=1)
 
 
-def test_fp16_engine_and_sidecar(exported, fake_trt, tmp_path):
+def test_fp16_engine_and_sidecar(exported, gpu, tmp_path):
     path, space, arch, _ = exported
     engine = tmp_path / "model.engine"
     sidecar = export_tensorrt(path, engine, precision="fp16")
 
-    assert engine.read_bytes() == PLAN
-    assert (tmp_path / "timing-trt10.3.0.cache").read_bytes() == CACHE
+    trt = gpu.tensorrt
+    deserialized = trt.Runtime(trt.Logger()).deserialize_cuda_engine(engine.read_bytes())
+    assert [deserialized.get_tensor_name(i) for i in range(deserialized.num_io_tensors)] == ["input", "logits"]
+    assert deserialized.get_tensor_dtype("input") == trt.DataType.HALF
+    assert cache_entries(tmp_path / "timing-trt10.3.0.30.cache")
     assert json.loads(sidecar_path(engine).read_text()) == sidecar
     assert sidecar_path(engine).name == "model.engine.json"
     created = sidecar.pop("created")
+    metadata = sidecar.pop("metadata")
     assert created.endswith("+00:00")
+    assert metadata["arch"] == space.arch_to_json(arch) and metadata["predicted_latency_ms"] == 1.5
     assert sidecar == {
         "kind": "hwbcnet.engine", "schema_version": 1, "engine": "model.engine", "engine_sha256": file_sha256(engine),
-        "tensorrt_version": "10.3.0", "strongly_typed": True, "gpu": "Orin (nvgpu)", "compute_capability": "8.7",
+        "tensorrt_version": "10.3.0.30", "strongly_typed": True, "gpu": "Orin", "compute_capability": "8.7",
         "precision": "fp16", "batch": 1,
         "inputs": [{"name": "input", "shape": [1, 3, 32, 32], "dtype": "float16"}],
         "outputs": [{"name": "logits", "shape": [1, 10], "dtype": "float16"}],
         "onnx": {"path": str(path), "sha256": file_sha256(path)}, "calibration": None,
-        "timing_cache": str(tmp_path / "timing-trt10.3.0.cache"), "device_profile": None,
+        "timing_cache": str(tmp_path / "timing-trt10.3.0.30.cache"), "device_profile": None,
         "model": "cbm-mobilenet", "arch": space.arch_to_json(arch), "hwbcnet_version": "0.1.0",
     }
-    built = fake_trt.built_onnx()
+    built = gpu.built_onnx()
     assert built.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
-    assert fake_trt.network_flags == 1 and fake_trt.flags_set == []  # strongly typed: no precision flags
+    config = gpu.configs[-1]
+    assert config.timing_cache is not None and not config.get_flag(trt.BuilderFlag.FP16)
 
 
-def test_int8_engine_with_device_profile(exported, fake_trt, tmp_path, monkeypatch):
+def test_int8_calibration_without_torch_is_a_one_line_error(exported, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # a target without torch
+    for name in [name for name in sys.modules if name.startswith("hwbcnet.data")]:
+        monkeypatch.delitem(sys.modules, name)  # so the data package imports torch again
+    with pytest.raises(HwbcnetError, match="INT8 calibration reads its images with torch, which is not installed"):
+        prepare_onnx(onnx.load(exported[0]), "int8", batch=1, calib="digits", calib_images=32)
+
+
+def test_int8_engine_with_device_profile(exported, gpu, tmp_path, monkeypatch):
     path, *_ = exported
     monkeypatch.chdir(tmp_path)
     sidecar = export_tensorrt(path, tmp_path / "out" / "int8.engine", precision="int8", calib="digits",
@@ -213,19 +140,31 @@ def test_int8_engine_with_device_profile(exported, fake_trt, tmp_path, monkeypat
     assert sidecar["calibration"] == {"source": "digits", "images": 64}  # two batches of 32
     assert sidecar["device_profile"] == "jetson-orin-nano" and sidecar["batch"] == 1
     # The timing cache is the one the device's LUT builds share.
-    assert sidecar["timing_cache"] == "lut/jetson-orin-nano/timing-trt10.3.0.cache"
-    assert (tmp_path / "lut" / "jetson-orin-nano" / "timing-trt10.3.0.cache").read_bytes() == CACHE
-    ops = Counter(node.op_type for node in fake_trt.built_onnx().graph.node)
+    assert sidecar["timing_cache"] == "lut/jetson-orin-nano/timing-trt10.3.0.30.cache"
+    assert cache_entries(tmp_path / "lut" / "jetson-orin-nano" / "timing-trt10.3.0.30.cache")
+    ops = Counter(node.op_type for node in gpu.built_onnx().graph.node)
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > ops["QuantizeLinear"]
     assert sidecar["inputs"][0]["dtype"] == "float32"  # Q/DQ models keep float I/O
+    # The float layers an INT8 engine keeps run in fp32, not TF32; no weak-typing INT8 flag either.
+    config = gpu.configs[-1]
+    assert not config.get_flag(gpu.tensorrt.BuilderFlag.TF32) and not config.get_flag(gpu.tensorrt.BuilderFlag.INT8)
 
 
-def test_fp32_engine_at_a_chosen_batch(exported, fake_trt, tmp_path):
+def test_engine_precision_follows_the_device_profile(exported, gpu, tmp_path, monkeypatch):
+    path = shutil.copy(exported[0], tmp_path / "m.onnx")
+    monkeypatch.chdir(tmp_path)
+    assert export_tensorrt(path, device_profile="gpu")["precision"] == "fp16"  # the gpu profile's
+    assert (tmp_path / "m.engine").is_file() and (tmp_path / "m.engine.json").is_file()  # next to the ONNX
+    assert export_tensorrt(path, tmp_path / "b.engine")["precision"] == "fp32"  # no profile: fp32, TF32 off
+    assert not gpu.configs[-1].get_flag(gpu.tensorrt.BuilderFlag.TF32)
+
+
+def test_fp32_engine_at_a_chosen_batch(exported, gpu, tmp_path):
     path, *_ = exported
     sidecar = export_tensorrt(path, tmp_path / "b8.engine", precision="fp32", batch=8,
                               timing_cache=tmp_path / "my.cache")
     assert sidecar["inputs"] == [{"name": "input", "shape": [8, 3, 32, 32], "dtype": "float32"}]
-    assert (tmp_path / "my.cache").read_bytes() == CACHE
+    assert cache_entries(tmp_path / "my.cache")
 
 
 def test_missing_tensorrt_is_a_one_line_install_hint(exported, tmp_path, monkeypatch):
@@ -234,16 +173,23 @@ def test_missing_tensorrt_is_a_one_line_install_hint(exported, tmp_path, monkeyp
     with pytest.raises(MissingRuntimeError) as info:
         export_tensorrt(path, tmp_path / "m.engine")
     message = str(info.value)
-    assert "pip install tensorrt cuda-python" in message and "python3-libnvinfer" in message
+    # `pip install tensorrt` would bring the CUDA 13 wheels: name the CUDA 12 ones and a matching cuda-python.
+    assert "pip install tensorrt-cu12 'cuda-python>=12.6,<13'" in message and "python3-libnvinfer" in message
     assert "\n" not in message and info.value.exit_code == 2
     assert not (tmp_path / "m.engine").exists()
 
 
-def test_no_gpu(exported, fake_trt, tmp_path, monkeypatch):
+@pytest.mark.parametrize("driver, message", [
+    ("dlopen-fails", "the NVIDIA driver could not be loaded (Failed to dlopen libcuda.so.1)"),
+    ("insufficient", "CUDA found no usable GPU (cudaErrorInsufficientDriver)"),
+    ("no-device", "CUDA found no usable GPU (cudaErrorNoDevice)"),
+])
+def test_no_driver_or_gpu(exported, tmp_path, monkeypatch, driver, message):
     path, *_ = exported
-    monkeypatch.setattr(sys.modules["cuda.bindings"], "runtime", fake_cudart(devices=0))
-    with pytest.raises(MissingRuntimeError, match="no CUDA GPU is visible"):
+    FakeGpu(driver=driver).install(monkeypatch)
+    with pytest.raises(MissingRuntimeError) as info:
         export_tensorrt(path, tmp_path / "m.engine")
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
 
 
 def test_bad_requests(exported, tmp_path):
@@ -254,23 +200,12 @@ def test_bad_requests(exported, tmp_path):
         export_tensorrt(path, tmp_path / "m.engine", precision="int8")
     with pytest.raises(HwbcnetError, match="device cpu runs on onnxruntime"):
         export_tensorrt(path, tmp_path / "m.engine", device_profile="cpu")
-
-
-def _gpu_available() -> bool:
-    try:
-        import tensorrt  # noqa: F401
-
-        from hwbcnet.hardware.backends.tensorrt import import_cudart
-
-        cudart = import_cudart()
-        count = cudart.cudaGetDeviceCount()
-        return count[0] == cudart.cudaError_t.cudaSuccess and count[1] > 0
-    except (ImportError, MissingRuntimeError):
-        return False
+    with pytest.raises(HwbcnetError, match="ONNX file not found"):
+        export_tensorrt(tmp_path / "missing.onnx")
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _gpu_available(), reason="needs TensorRT, cuda-python and an NVIDIA GPU")
+@pytest.mark.skipif(not gpu_available(), reason="needs TensorRT, cuda-python and an NVIDIA GPU")
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_real_engine_builds_and_deserializes(exported, tmp_path, precision):
     import tensorrt as trt
@@ -284,3 +219,77 @@ def test_real_engine_builds_and_deserializes(exported, tmp_path, precision):
     names = [deserialized.get_tensor_name(i) for i in range(deserialized.num_io_tensors)]
     assert names == ["input", "logits"]
     assert list(deserialized.get_tensor_shape("input")) == sidecar["inputs"][0]["shape"]
+
+
+# -------------------------------------------------------------------------------- building and verifying on the target
+
+TARGET_SCRIPT = """
+import json, sys
+sys.modules["torch"] = None  # the target machine has no torch: any `import torch` fails
+sys.path.insert(0, {tests!r})
+from nvidia_fakes import FakeGpu
+sys.modules.update(FakeGpu().modules())
+from hwbcnet.cli import main
+for args in {commands!r}:
+    try:
+        main(args)
+    except SystemExit as exit_:
+        assert exit_.code in (0, None), (args, exit_.code)
+"""
+
+
+def test_engine_built_and_verified_on_a_target_without_torch(exported, tmp_path):
+    """The cross-device workflow's target side: only the ONNX file travelled; the engine is built from it and
+    verified, with torch unimportable (a Jetson image without torch) and the fake GPU."""
+    onnx_file = shutil.copy(exported[0], tmp_path / "model.onnx")
+    commands = [["export", "--from-onnx", "model.onnx", "--device", "jetson-orin-nano", "--json"],
+                ["verify", "--device", "jetson-orin-nano", "--model", "model.engine", "--budget", "5ms", "--json"]]
+    script = TARGET_SCRIPT.format(tests=str(Path(__file__).parent), commands=commands)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    built, verified = (json.loads(line) for line in done.stdout.splitlines())
+    sidecar = built["tensorrt"]
+    assert "onnx" not in built  # nothing was exported: the ONNX came from elsewhere
+    assert (sidecar["engine"], sidecar["precision"], sidecar["device_profile"]) == \
+        ("model.engine", "fp16", "jetson-orin-nano")
+    assert sidecar["onnx"]["sha256"] == file_sha256(onnx_file)
+    assert (tmp_path / "lut/jetson-orin-nano/timing-trt10.3.0.30.cache").is_file()
+    assert verified["model_kind"] == "engine" and verified["device_name"] == "Orin"
+    assert verified["measured_ms"] == pytest.approx(0.03)  # the fake GPU's kernels + enqueue gap
+    assert verified["within_budget"] is True
+    # No torch to rebuild the width space: the prediction recorded at export for this device is used.
+    assert verified["predicted_ms"] == 1.5 and "torch is not installed" in verified["predicted_note"]
+
+
+def test_verify_an_engine(exported, gpu, tmp_path, monkeypatch):
+    from hwbcnet.export.verify import verify
+
+    monkeypatch.chdir(tmp_path)
+    path = shutil.copy(exported[0], tmp_path / "model.onnx")
+    export_tensorrt(path, device_profile="jetson-orin-nano")
+    result = verify(tmp_path / "model.engine", "jetson-orin-nano")
+    assert result["model_kind"] == "engine" and result["measured_ms"] == pytest.approx(0.03)
+    assert result["predicted_ms"] == 1.5 and result["predicted_note"].startswith("recorded at export time (no LUT")
+    assert gpu.cudart.live() == {}
+    # An fp32 engine is not what the fp16 LUT predicts: measured, but no prediction.
+    export_tensorrt(path, tmp_path / "fp32.engine", precision="fp32")
+    result = verify(tmp_path / "fp32.engine", "jetson-orin-nano")
+    assert result["predicted_ms"] is None and "engine is fp32 at batch 1" in result["predicted_note"]
+    with pytest.raises(HwbcnetError, match="is a TensorRT engine but device cpu runs on onnxruntime"):
+        verify(tmp_path / "model.engine", "cpu")
+
+
+def test_engine_from_another_machine_is_refused_before_timing(exported, tmp_path, monkeypatch):
+    from hwbcnet.export.verify import verify
+
+    monkeypatch.chdir(tmp_path)
+    path = shutil.copy(exported[0], tmp_path / "model.onnx")
+    FakeGpu(trt_version="10.7.0.23").install(monkeypatch)
+    export_tensorrt(path, device_profile="gpu")
+    FakeGpu().install(monkeypatch)
+    with pytest.raises(HwbcnetError, match=r"built with TensorRT 10\.7\.0\.23 for Orin .*this machine has TensorRT "
+                                           r"10\.3\.0\.30 .*rebuild it here: hwbcnet export --from-onnx"):
+        verify(tmp_path / "model.engine", "gpu")

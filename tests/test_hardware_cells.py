@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from hardware_fakes import TinySpace
 from hwbcnet.errors import HwbcnetError
-from hwbcnet.hardware.cells import (CellKey, arch_cells, cell_onnx, cell_shapes, enumerate_cells, layer_cells, lut_key,
+from hwbcnet.hardware.cells import (CellKey, arch_cells, cell_onnx, cell_shapes, enumerate_cells, lut_key,
                                     needs_baseline)
 from hwbcnet.space import build_space
 
@@ -23,6 +23,7 @@ def test_tiny_space_cells_are_exactly_the_reachable_ones():
     # stem 3 out widths, conv1 3x3 width pairs, conv2 3x3, depthwise 3, add 3, pool 3, linear 3 (all distinct)
     assert len(cells) == 3 + 9 + 9 + 3 + 3 + 3 + 3
     depthwise = [c for c in cells if c.depthwise]
+    assert all(c.group_width == 1 for c in depthwise)
     assert sorted((c.c_in, c.c_out) for c in depthwise) == [(4, 4), (6, 6), (8, 8)]
     stem = [c for c in cells if c.c_in == 3]
     assert sorted(c.c_out for c in stem) == [4, 6, 8]
@@ -30,17 +31,18 @@ def test_tiny_space_cells_are_exactly_the_reachable_ones():
 
 
 def _covers_exactly(space):
+    """Every enumerated cell is used by some arch and every arch uses only enumerated cells: for each layer, all
+    width combinations of the variables it depends on (the others at full width)."""
+    import itertools
+
     enumerated = set(enumerate_cells(space))
     used = set()
     for index, layer in enumerate(space.layers):
-        for b_in, b_out, cell in layer_cells(layer, space):
+        variables = sorted({v for axis in layer.axes for v in axis.vars})
+        for widths in itertools.product(space.choices, repeat=len(variables)):
             arch = space.full_arch().copy()
-            if layer.in_var is not None:
-                arch[layer.in_var] = b_in
-            if layer.out_var is not None:
-                arch[layer.out_var] = b_out
-            assert arch_cells(space, arch)[index] == cell
-            used.add(cell)
+            arch[variables] = widths
+            used.add(arch_cells(space, arch)[index])
     assert used == enumerated
 
 
@@ -83,8 +85,8 @@ def test_cell_models_run_with_the_expected_shapes(shared):
         model = cell_onnx(cell, batch=2, precision="fp32", copies=3, shared_input=shared)
         session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
         assert len(session.get_inputs()) == (1 if shared else 3)
-        in_shape, out_shape = cell_shapes(cell, 2)
-        feeds = {i.name: rng.standard_normal(in_shape).astype(np.float32) for i in session.get_inputs()}
+        in_shapes, out_shape = cell_shapes(cell, 2)
+        feeds = {i.name: rng.standard_normal(in_shapes[0]).astype(np.float32) for i in session.get_inputs()}
         outputs = session.run(None, feeds)
         assert [list(o.shape) for o in outputs] == [out_shape] * 3
 

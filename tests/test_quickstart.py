@@ -3,10 +3,13 @@ hardware and deployment commands on its outputs."""
 
 import json
 import os
+import shutil
 
 import pytest
 
 from hwbcnet.cli import main
+from hwbcnet.export.onnx_export import read_export_metadata
+from hwbcnet.hardware.backends.tensorrt import gpu_available
 
 
 def run_cli(args, capsys):
@@ -97,20 +100,31 @@ def test_export_commands(quickstart_dir, capsys, tmp_path):
                                  "--dynamic-batch", "--json"], capsys)
     assert code == 0, err
     assert json.loads(stdout)["onnx"]["max_abs_diff"] < 1e-4
-    code, _, err = run_cli(["export", "--subnet", quickstart_dir / "subnet.pt", "--onnx", tmp_path / "t.onnx", "--trt",
-                            "--fp16"], capsys)
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        assert code == 2 and "pip install tensorrt" in err and err.count("\n") == 1
-    code, _, err = run_cli(["export", "--onnx", tmp_path / "x.onnx"], capsys)
-    assert code == 2 and "--search" in err
+    for args, needle in [([], "--search"), (["--from-onnx", tmp_path / "m.onnx", "--onnx", tmp_path / "x.onnx"],
+                                            "give only --from-onnx"),
+                         (["--subnet", quickstart_dir / "subnet.pt", "--fp16"], "add --trt")]:
+        code, _, err = run_cli(["export", *args], capsys)
+        assert code == 2 and needle in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(gpu_available(), reason="checks the message of a machine without TensorRT")
+def test_export_trt_without_onnx_on_a_machine_without_tensorrt(quickstart_dir, capsys, tmp_path):
+    """`hwbcnet export --search S --trt` as typed: the ONNX lands next to search.json, then the one-line
+    missing-TensorRT error says how to build the engine where the GPU is."""
+    search = shutil.copy(quickstart_dir / "search.json", tmp_path / "search.json")
+    code, _, err = run_cli(["export", "--search", search, "--trt"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "pip install tensorrt-cu12" in err and f"the ONNX model is at {tmp_path / 'search.onnx'}" in err
+    assert "hwbcnet export --from-onnx search.onnx --trt" in err
+    assert read_export_metadata(tmp_path / "search.onnx")["arch_code"] == json.loads(search.read_text())["arch"]["code"]
 
 
 def test_devices_json(capsys):
     code, stdout, _ = run_cli(["devices", "--json"], capsys)
     profiles = json.loads(stdout)
-    assert code == 0 and {"cpu", "gpu", "jetson-orin-nano", "jetson-orin-agx", "jetson-xavier-nx"} <= set(profiles)
+    assert code == 0 and {"cpu", "gpu", "jetson-orin-nano", "jetson-orin-nx", "jetson-orin-agx", "ort-cuda-fp16",
+                          "ort-cuda-fp32"} <= set(profiles)
+    assert profiles["gpu"]["channel_divisor"] == 8
     assert profiles["cpu"]["threads"] == 1
 
 

@@ -33,10 +33,11 @@ def test_sliced_supernet_equals_standalone_model(name, principle, rng):
         for path in supernet.principle.paths:
             standalone = build_standalone(space, arch, supernet, path).eval()
             # real smaller tensors: every conv has the arch's channel counts
-            for layer in space.layers:
-                if layer.kind == "conv" and layer.out_var is not None:
-                    conv = standalone.get_submodule(layer.name)
-                    assert conv.out_channels == space.channels(layer.out_var, arch[layer.out_var])
+            channels = space.arch_channels(arch)[0]
+            for module_name, spec in space.traced.modules.items():
+                if spec.kind == "conv":
+                    conv = standalone.get_submodule(module_name)
+                    assert conv.out_channels == conv.weight.shape[0] == spec.out_layout.size_at(channels)
             with torch.no_grad():
                 torch.testing.assert_close(supernet.activate(arch, path)(x), standalone(x), rtol=1e-5, atol=1e-5)
 

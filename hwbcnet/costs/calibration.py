@@ -9,7 +9,6 @@ and its value is the median over rounds.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from hwbcnet.costs.latency import LatencyCost, fit_calibration
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.hardware.backends.base import Backend, get_backend
 from hwbcnet.hardware.lut import Lut, lut_path
+from hwbcnet.hardware.machine import machine_conditions
 from hwbcnet.hardware.profiles import Profile
 
 
@@ -50,7 +50,7 @@ def measure_archs(space, profile: Profile, archs: np.ndarray, *, repeats: int = 
 
 
 def _load(space, profile: Profile, path: str | Path | None) -> Lut:
-    path = Path(path) if path else lut_path(profile.name, space.model, space.resolution, profile.batch)
+    path = Path(path) if path else lut_path(profile.name, space.slug, space.resolution, profile.batch)
     return Lut.load(path, space=space, profile=profile)
 
 
@@ -60,43 +60,6 @@ def _calibration_archs(space, samples: int, seed: int) -> np.ndarray:
         raise HwbcnetError("calibration needs at least 3 measured subnets")
     return np.concatenate([space.full_arch()[None], space.min_arch()[None],
                            space.random_archs(np.random.default_rng(seed), samples - 2)])
-
-
-def machine_load() -> list[float] | None:
-    """The 1, 5 and 15-minute load averages (None where the OS has none), as LUTs record them."""
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def _cpu_times() -> tuple[int, int] | None:
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    except (OSError, ValueError, IndexError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return sum(fields[:8]) - idle, sum(fields[:8])
-
-
-BUSY_SAMPLE_SECONDS = 0.5
-
-
-def busy_cores(seconds: float | None = None) -> float | None:
-    """Cores kept busy by other processes right now: the machine's busy CPU time over `seconds` while this process
-    sleeps (Linux /proc/stat; None elsewhere). Unlike the load average it does not count this process's own past
-    work, so a long search or training run in the same process does not look like a busy machine."""
-    import time
-
-    first = _cpu_times()
-    if first is None:
-        return None
-    time.sleep(BUSY_SAMPLE_SECONDS if seconds is None else seconds)
-    second = _cpu_times()
-    total = second[1] - first[1]
-    return round((os.cpu_count() or 1) * (second[0] - first[0]) / total, 2) if total > 0 else None
-
-
-def machine_conditions() -> dict:
-    """What the machine is doing besides us, recorded before a measurement: load averages and busy cores."""
-    return {"load_average": machine_load(), "busy_cores": busy_cores()}
 
 
 def _store_calibration(lut: Lut, space, archs: np.ndarray, sums: np.ndarray, measured: np.ndarray, source: str,

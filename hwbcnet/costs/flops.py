@@ -1,43 +1,48 @@
-"""Exact FLOPs (multiply-accumulates of conv and linear layers, as Channel-Bench-Macro counts them) and parameter
-counts (conv/linear weights and biases plus BatchNorm affine parameters), vectorised over many archs.
+"""Exact FLOPs (multiply-accumulates of conv and linear layers, as Channel-Bench-Macro and torch's flop counter
+count them) and parameter counts (every parameter of the model), vectorised over many archs.
 
-Every term is a product of at most two channel counts, so a cost is the quadratic form x^T Q x over
-x = [channels of each variable..., 1]. Q is built once from the traced layers; evaluating n archs is one
-(n, V+1) gather and a matrix product.
+Both come from the traced model: every conv/linear contributes coef x size(a) x size(b) MACs and every parameter
+the product of its dims, where a size is a linear function of the variables' channel counts (a concatenation sums
+its segments, a flattened map repeats them). So a cost is the quadratic form x^T Q x over
+x = [channels of each variable..., 1]. Q is built once; evaluating n archs is one (n, V+1) gather and a matrix
+product.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from hwbcnet.space.layers import Layer
+from hwbcnet.errors import HwbcnetError
+from hwbcnet.space.layers import Layout
 from hwbcnet.space.space import WidthSpace
 
 
-def _layer_terms(layer: Layer, counting: str) -> list[tuple[int | None, int | None, float]]:
-    """(a, b, coefficient) terms of one layer, cost = coef * x[a] * x[b], where a/b is a variable index or None for
-    the constant 1. A fixed channel count (input image, classes) is folded into the coefficient."""
+def _linear_form(size: Layout | None, V: int) -> np.ndarray:
+    """size as a vector over x = [channels..., 1] (None: the constant 1)."""
+    form = np.zeros(V + 1)
+    if size is None:
+        form[V] = 1.0
+        return form
+    coef, constant = size.coefficients()
+    for var, value in coef.items():
+        form[var] += value
+    form[V] += constant
+    return form
 
-    def side(var: int | None, fixed_channels: int) -> tuple[int | None, float]:
-        return (var, 1.0) if var is not None else (None, float(fixed_channels))
 
-    (a, ka), (b, kb) = side(layer.in_var, layer.in_channels), side(layer.out_var, layer.out_channels)
-    H, W = layer.out_hw
-    if layer.kind == "conv":
-        area = layer.kernel * layer.kernel
-        if layer.depthwise:  # one filter per channel: linear in the channels
-            per_channel = area * H * W if counting == "flops" else area + layer.bias + 2 * layer.bn
-            return [(None, b, per_channel * kb)]
-        terms = [(a, b, area * (H * W if counting == "flops" else 1) * ka * kb)]
-        if counting == "params":
-            terms.append((None, b, (layer.bias + 2 * layer.bn) * kb))
-        return terms
-    if layer.kind == "linear":
-        terms = [(a, b, ka * kb)]
-        if counting == "params" and layer.bias:
-            terms.append((None, b, kb))
-        return terms
-    return []  # adds and pools carry no MACs or parameters
+def _product_matrix(factors, coef: float, V: int) -> np.ndarray:
+    """coef x the product of `factors` (Layouts or ints, at most two of them channel-dependent) as a
+    (V+1, V+1) matrix."""
+    forms = []
+    for factor in factors:
+        if isinstance(factor, Layout) and not factor.is_fixed:
+            forms.append(_linear_form(factor, V))
+        else:
+            coef *= factor.size if isinstance(factor, Layout) else int(factor)
+    if len(forms) > 2:
+        raise HwbcnetError(f"a tensor with {len(forms)} channel-dependent dims is not supported by the cost model")
+    forms += [_linear_form(None, V)] * (2 - len(forms))
+    return coef * np.outer(forms[0], forms[1])
 
 
 class QuadraticCost:
@@ -47,9 +52,14 @@ class QuadraticCost:
         self.space, self.name, self.unit = space, name, unit
         V = space.num_vars
         Q = np.zeros((V + 1, V + 1))
-        for layer in space.layers:
-            for a, b, coef in _layer_terms(layer, counting):
-                Q[V if a is None else a, V if b is None else b] += coef
+        traced = space.traced
+        if counting == "flops":
+            for term in traced.macs:
+                Q += _product_matrix([term.a] + ([term.b] if term.b is not None else []), term.coef, V)
+        else:
+            for tensor_name, tensor in traced.graph_module.named_parameters():
+                spec = traced.params.get(tensor_name)
+                Q += _product_matrix(spec.dims if spec is not None else tuple(tensor.shape), 1.0, V)
         self.Q = Q
         self.full = float(self(space.full_arch())[0])
 

@@ -1,9 +1,11 @@
 """Latency predicted from a LUT: the sum of the cells an arch executes, then the device's calibration
 T = a + b * sum (fitted on measured whole models, stored in the LUT) when the LUT has one.
 
-Vectorised: every layer gets a (N+1) x (N+1) table of cell times indexed by (input bins, output bins); fixed
-channel counts are looked up at bin N. All tables are stacked into one flat array, so a batch of archs costs one
-gather and one sum.
+Vectorised: a layer's cell depends on the sizes of at most two channel axes (Layer.axes: input and output
+channels, or the channels and the reduced width of an SE gate), each a linear function of the variables' channel
+counts. Every layer gets a table of cell times over the sizes its axes can reach; all tables are stacked into one
+flat array and every axis into one value-to-position map, so a batch of archs costs one matrix product, two
+gathers and a sum.
 """
 
 from __future__ import annotations
@@ -13,11 +15,22 @@ from pathlib import Path
 import numpy as np
 
 from hwbcnet.errors import HwbcnetError
-from hwbcnet.hardware.cells import enumerate_cells, layer_cells
+from hwbcnet.hardware.cells import axis_values, cell_for_layer, enumerate_cells, layer_sizes, variable_choices
 from hwbcnet.hardware.lut import Lut
 from hwbcnet.hardware.timing import fit_line
+from hwbcnet.space.layers import Layout
 
 _SHOW_MISSING = 8
+
+
+def _form(layout: Layout, V: int) -> np.ndarray:
+    """The axis size as a vector over x = [channels of each variable..., 1]."""
+    coef, constant = layout.coefficients()
+    form = np.zeros(V + 1, dtype=np.int64)
+    for var, value in coef.items():
+        form[var] += value
+    form[V] = constant
+    return form
 
 
 class LatencyCost:
@@ -35,18 +48,40 @@ class LatencyCost:
                 f"{lut.data['device']} --model {space.model}` to measure them")
         self.space = space
         self.lut = lut
-        size = space.bins + 1
-        tables = np.full((len(space.layers), size, size), np.nan)
-        for index, layer in enumerate(space.layers):
-            for b_in, b_out, cell in layer_cells(layer, space):
-                tables[index, b_in, b_out] = lut.value_ms(cell)
-        self._flat = tables.ravel()
-        self._layer_offset = np.arange(len(space.layers)) * size * size
-        # Column V of an extended arch holds N for the layers whose channel counts are fixed.
-        fixed = space.num_vars
-        self._in_col = np.array([fixed if layer.in_var is None else layer.in_var for layer in space.layers])
-        self._out_col = np.array([fixed if layer.out_var is None else layer.out_var for layer in space.layers])
-        self._size = size
+        V = space.num_vars
+        choices = variable_choices(space)
+        forms, self._axis_values, tables, offsets = [], [], [], []
+        self._layer_axes: list[tuple[int, int | None]] = []
+        position = 0
+        for layer in space.layers:
+            axes = layer.axes
+            values = [axis_values(axis, choices) for axis in axes]
+            table = np.full([len(v) for v in values] + [1] * (2 - len(values)), np.nan)
+            for sizes in layer_sizes(layer, space, choices):
+                index = tuple(int(np.searchsorted(v, size)) for v, size in zip(values, sizes))
+                table[index + (0,) * (2 - len(index))] = lut.value_ms(cell_for_layer(layer, sizes))
+            first = len(forms)
+            for axis, axis_value in zip(axes, values):
+                forms.append(_form(axis, V))
+                self._axis_values.append(axis_value)
+            self._layer_axes.append((first, first + 1 if len(axes) == 2 else None))
+            tables.append(table)
+            offsets.append(position)
+            position += table.size
+        self._forms = np.array(forms, dtype=np.int64).reshape(len(forms), V + 1)  # (axes, V+1)
+        self._tables = tables
+        self._flat = np.concatenate([t.ravel() for t in tables]) if tables else np.zeros(0)
+        self._offsets = np.array(offsets, dtype=np.int64)
+        self._strides = np.array([t.shape[1] for t in tables], dtype=np.int64)
+        # value -> position maps, one per axis, stacked with offsets (-1: unreachable)
+        sizes = [int(v.max()) + 1 for v in self._axis_values]
+        self._map_offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if sizes else np.zeros(0, int)
+        value_map = np.full(sum(sizes), -1, dtype=np.int64)
+        for offset, values in zip(self._map_offsets, self._axis_values):
+            value_map[offset + values] = np.arange(len(values))
+        self._value_map = value_map
+        self._first_axis = np.array([a for a, _ in self._layer_axes], dtype=np.int64)
+        self._second_axis = np.array([-1 if b is None else b for _, b in self._layer_axes], dtype=np.int64)
         calibration = lut.calibration
         self.a, self.b = (calibration["a_ms"], calibration["b"]) if calibration else (0.0, 1.0)
 
@@ -62,29 +97,66 @@ class LatencyCost:
                                f"{self.space.num_vars} width variables")
         if archs.size and (archs.min() < self.space.min_bins or archs.max() > self.space.bins):
             raise HwbcnetError(f"arch widths must lie in {self.space.min_bins}..{self.space.bins} bins")
-        extended = np.concatenate([archs, np.full((archs.shape[0], 1), self.space.bins, dtype=np.int64)], axis=1)
-        index = self._layer_offset + extended[:, self._in_col] * self._size + extended[:, self._out_col]
-        return self._flat[index].sum(axis=1)
+        if not self.space.layers:
+            return np.zeros(archs.shape[0])
+        x = np.concatenate([self.space.arch_channels(archs), np.ones((archs.shape[0], 1), dtype=np.int64)], axis=1)
+        positions = self._value_map[self._map_offsets + x @ self._forms.T]  # (n, axes)
+        first = positions[:, self._first_axis]
+        second = np.where(self._second_axis >= 0, positions[:, np.maximum(self._second_axis, 0)], 0)
+        return self._flat[self._offsets + first * self._strides + second].sum(axis=1)
 
     def __call__(self, archs) -> np.ndarray:
         return self.a + self.b * self.cell_sum(archs)
 
     def expectation(self, probs):
-        """Exact expected latency (torch scalar, differentiable) when each variable's width is drawn independently
-        from probs (V, N-m+1) over m..N: per layer sum_ab p_in(a) p_out(b) T[a, b] (the diagonal where input and
-        output are one variable). Lets the search prior aim at a latency budget."""
+        """Expected latency (torch scalar, differentiable) when each variable's width is drawn independently from
+        probs (V, N-m+1) over m..N. Exact for every layer whose two axes follow disjoint variables or one and the
+        same variable (all convs, SE gates, adds, pools); axes that share some of several variables (rare: a
+        concatenation feeding a layer that also writes one of its parts) are treated as independent. Lets the
+        search prior aim at a latency budget."""
         import torch
 
-        space, size = self.space, self._size
-        full = torch.zeros(space.num_vars + 1, size, dtype=probs.dtype)
-        full[: space.num_vars, space.min_bins:] = probs
-        full[space.num_vars, space.bins] = 1.0  # fixed channel counts sit at bin N
-        tables = torch.as_tensor(np.nan_to_num(self._flat.reshape(-1, size, size)), dtype=probs.dtype)
-        p_in, p_out = full[self._in_col], full[self._out_col]
-        same = torch.as_tensor(self._in_col == self._out_col)
-        cross = torch.einsum("la,lab,lb->l", p_in, tables, p_out)
-        diagonal = (p_in * torch.diagonal(tables, dim1=1, dim2=2)).sum(1)
-        return self.a + self.b * torch.where(same, diagonal, cross).sum()
+        space = self.space
+        channels = space.channel_table()[:, space.min_bins:]  # (V, widths)
+        axis_probs = [_axis_distribution(self._forms[a], values, channels, probs)
+                      for a, values in enumerate(self._axis_values)]
+        total = torch.zeros((), dtype=probs.dtype)
+        for layer, (first, second), table in zip(space.layers, self._layer_axes, self._tables):
+            cells = torch.as_tensor(np.nan_to_num(table), dtype=probs.dtype)
+            if second is None:
+                total = total + axis_probs[first] @ cells[:, 0]
+            else:
+                total = total + axis_probs[first] @ cells @ axis_probs[second]
+        return self.a + self.b * total
+
+
+def _axis_distribution(form: np.ndarray, values: np.ndarray, channels: np.ndarray, probs):
+    """P(axis size = values[i]) for independent widths: a convolution of the per-variable distributions."""
+    import torch
+
+    V = len(form) - 1
+    lookup = {int(v): i for i, v in enumerate(values)}
+    used = np.flatnonzero(form[:V])
+    if len(used) <= 1:  # the common case: a fixed scatter of one variable's widths onto the sizes
+        scatter = np.zeros((channels.shape[1], len(values)))
+        for width in range(channels.shape[1]):
+            size = int(form[V]) + (int(form[used[0]]) * int(channels[used[0], width]) if len(used) else 0)
+            scatter[width, lookup[size]] = 1.0
+        weights = probs[int(used[0])] if len(used) else torch.full((channels.shape[1],), 1.0 / channels.shape[1],
+                                                                        dtype=probs.dtype)
+        return weights @ torch.as_tensor(scatter, dtype=probs.dtype)
+    dist = {int(form[V]): torch.ones((), dtype=probs.dtype)}
+    for var in np.flatnonzero(form[:V]):
+        step = {}
+        for value, p in dist.items():
+            for width, channel in enumerate(channels[var]):
+                key = value + int(form[var]) * int(channel)
+                step[key] = step.get(key, 0) + p * probs[var, width]
+        dist = step
+    out = torch.zeros(len(values), dtype=probs.dtype)
+    for value, p in dist.items():
+        out = out.index_add(0, torch.tensor([lookup[value]]), p.reshape(1))
+    return out
 
 
 def fit_calibration(predicted_sums, measured_ms) -> tuple[float, float, dict]:
@@ -105,7 +177,7 @@ def latency_cost_for(space, device: str, lut_path=None, root="lut") -> LatencyCo
     from hwbcnet.hardware.profiles import load_profile
 
     profile = load_profile(device)
-    path = lut_path or default_lut_path(profile.name, space.model, space.resolution, profile.batch, root)
+    path = lut_path or default_lut_path(profile.name, space.slug, space.resolution, profile.batch, root)
     if not Path(path).is_file():
         raise HwbcnetError(f"no LUT at {path}; build it with `hwbcnet profile --device {device} --model {space.model}"
                            f"{'' if space.resolution is None else f' --resolution {space.resolution}'}`")

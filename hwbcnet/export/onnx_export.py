@@ -80,21 +80,10 @@ def export_onnx(model, space, arch, path, *, dynamic_batch: bool = False, opset:
 
 
 def expected_weight_channels(space, arch) -> dict[str, tuple[int, int]]:
-    """(output, input) channels of every conv/linear weight of `arch`, by module name; a depthwise conv's weight
-    has one input channel per group."""
+    """(output, input per group) channels of every conv/linear weight of `arch`, by module name."""
     channels = space.arch_channels(space.validate(arch))[0]
-    full = space.traced.graph_module
-    expected = {}
-    for name, binding in space.bindings.items():
-        if binding.kind == "bn":
-            continue
-        module = full.get_submodule(name)
-        fixed_out, fixed_in = ((module.out_features, module.in_features) if binding.kind == "linear"
-                               else (module.out_channels, module.in_channels))
-        out = int(channels[binding.out_var]) if binding.out_var is not None else fixed_out
-        inp = int(channels[binding.in_var]) if binding.in_var is not None else fixed_in
-        expected[name] = (out, 1 if binding.kind == "depthwise" else inp)
-    return expected
+    return {name: space.traced.params[f"{name}.weight"].shape_at(channels)[:2]
+            for name, spec in space.traced.modules.items() if spec.kind in ("conv", "linear")}
 
 
 def onnx_initializer_channels(onnx_model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -215,6 +204,12 @@ class ExportSource:
     space: object
     arch: np.ndarray
     metadata: dict
+
+
+def default_onnx_path(source_path: str | Path) -> Path:
+    """Where `hwbcnet export` writes the ONNX of a search result or subnet without --onnx: next to it, same name
+    (runs/r20/search.json -> runs/r20/search.onnx), so the exports of several sources in one folder stay apart."""
+    return Path(source_path).with_suffix(".onnx")
 
 
 def load_export_source(path: str | Path) -> ExportSource:

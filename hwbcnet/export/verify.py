@@ -2,14 +2,15 @@
 latency budget.
 
 The model is timed exactly as LUT calibration times whole subnets: the device profile's backend, settings and
-model timing policy (hardware/profiler.measure_model); for a TensorRT profile the ONNX is first put in the
-profile's precision and batch (export/tensorrt_export.prepare_onnx) and built with the shared engine builder.
-The prediction comes from the arch and space recorded in the ONNX metadata and the device's LUT (calibrated
-T = a + b * sum of cells when the LUT has a calibration), or, without a LUT here, from the prediction recorded at
-export time for the same device.
+model timing policy (hardware/profiler.measure_model); for a TensorRT profile, or any fp16 one, the ONNX is first
+put in the profile's precision and batch (export/tensorrt_export.prepare_onnx) and built with the shared engine
+builder. A TensorRT engine file is timed as it is (no rebuild), after checking that it was built with this
+TensorRT for this GPU. The prediction comes from the arch and space recorded in the ONNX metadata (for an engine:
+its `<engine>.json`) and the device's LUT (calibrated T = a + b * sum of cells when the LUT has a calibration),
+or, without a LUT or torch here, from the prediction recorded at export time for the same device.
 
 The machine's load, sampled before timing, is held against the load the LUT recorded when it was calibrated: the
-cores other processes keep busy (hwbcnet.costs.calibration.busy_cores) where the calibration recorded them, else
+cores other processes keep busy (hwbcnet.hardware.machine.busy_cores) where the calibration recorded them, else
 the 1-minute load average (also what a LUT without a calibration recorded when its cells were measured). When the
 two differ by more than LOAD_TOLERANCE the measurement is not comparable with the prediction, and verify says so.
 """
@@ -21,46 +22,62 @@ from pathlib import Path
 from hwbcnet.budgets import parse_budget
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.export.onnx_export import load_onnx, read_export_metadata
-from hwbcnet.export.tensorrt_export import fixed_batch, prepare_onnx
+from hwbcnet.export.tensorrt_export import fixed_batch, is_engine, prepare_onnx, read_engine
 
 LOAD_TOLERANCE = 0.5  # busy cores (or runnable tasks): half a core of other work
 
 
-def verify(onnx_path: str | Path, profile, *, budget_ms: float | str | None = None, lut_path: str | Path | None = None,
-           strict: bool = False, backend=None) -> dict:
-    """Measure the model at `onnx_path` on device `profile` (a Profile or a profile name/path).
+def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = None,
+           lut_path: str | Path | None = None, strict: bool = False, backend=None) -> dict:
+    """Measure the model at `model_path` (an exported ONNX file or a TensorRT engine) on device `profile` (a
+    Profile or a profile name/path).
 
     `budget_ms`: milliseconds, or a time string such as "10ms". Returns measured_ms (median), p10_ms, p90_ms,
     predicted_ms (None when no prediction is possible; `predicted_note` says where it came from or why not),
     error_pct = 100 (predicted - measured) / measured, budget_ms, within_budget (None without a budget) and
     `failed`: True when `strict` and the measurement is over budget (the CLI exits 1 then)."""
-    from hwbcnet.costs.calibration import machine_conditions
     from hwbcnet.hardware.backends import get_backend
+    from hwbcnet.hardware.machine import machine_conditions
     from hwbcnet.hardware.profiler import measure_model
     from hwbcnet.hardware.profiles import Profile, load_profile
 
     profile = profile if isinstance(profile, Profile) else load_profile(profile)
     budget = _budget_ms(budget_ms)
-    onnx_path = Path(onnx_path)
-    model = load_onnx(onnx_path)
-    metadata = read_export_metadata(model)
-    if profile.backend == "tensorrt":
-        model = prepare_onnx(model, profile.precision, batch=profile.batch)
-    elif fixed_batch(model) not in (None, profile.batch):
-        raise HwbcnetError(f"{onnx_path} has a fixed batch of {fixed_batch(model)} but device {profile.name} times "
-                           f"batch {profile.batch}; export with --batch {profile.batch} or --dynamic-batch")
-    backend = backend or get_backend(profile.backend)
-    load_now = machine_conditions()
-    stats = measure_model(model.SerializeToString(), profile, backend)
-    predicted, note = predict_latency(metadata, profile, lut_path)
+    model_path = Path(model_path)
+    load_now = machine_conditions()  # before timing: our own work must not count as load
+    engine = is_engine(model_path)
+    if engine:
+        if profile.backend != "tensorrt":
+            raise HwbcnetError(f"{model_path} is a TensorRT engine but device {profile.name} runs on "
+                               f"{profile.backend}; pass a tensorrt device (e.g. --device gpu or --device jetson)")
+        plan, sidecar = read_engine(model_path)
+        backend = backend or get_backend(profile.backend)
+        environment = backend.environment(profile)
+        mismatch = _engine_mismatch(model_path, sidecar, profile, environment)
+        stats = backend.measure_plan(plan, profile, profile.model_timing)
+        metadata = (sidecar or {}).get("metadata") or {}
+    else:
+        model = load_onnx(model_path)
+        metadata = read_export_metadata(model)
+        if profile.backend == "tensorrt" or profile.precision != "fp32":
+            model = prepare_onnx(model, profile.precision, batch=profile.batch)
+        elif fixed_batch(model) not in (None, profile.batch):
+            raise HwbcnetError(f"{model_path} has a fixed batch of {fixed_batch(model)} but device {profile.name} "
+                               f"times batch {profile.batch}; export with --batch {profile.batch} or --dynamic-batch")
+        backend = backend or get_backend(profile.backend)
+        environment = backend.environment(profile)
+        mismatch = None
+        stats = measure_model(model.SerializeToString(), profile, backend)
+    predicted, note = (None, mismatch) if mismatch else predict_latency(metadata, profile, lut_path)
     load = compare_load(load_now, _lut_file(metadata, profile, lut_path))
     within = None if budget is None else stats.median <= budget
     return {
-        "model_path": str(onnx_path),
+        "model_path": str(model_path),
+        "model_kind": "engine" if engine else "onnx",
         "model": metadata.get("model"),
         "arch_code": metadata.get("arch_code"),
         "device": profile.name,
-        "device_name": backend.environment(profile).get("device"),
+        "device_name": environment.get("device"),
         "settings": profile.settings(),
         "measured_ms": stats.median,
         "p10_ms": stats.p10,
@@ -80,6 +97,10 @@ def verify(onnx_path: str | Path, profile, *, budget_ms: float | str | None = No
 
 
 def _lut_file(metadata: dict, profile, lut_path) -> Path | None:
+    """The LUT the prediction comes from, for its recorded load; None where it cannot be named (no metadata, or no
+    torch here to name the model's source)."""
+    import json
+
     from hwbcnet.hardware.lut import lut_path as default_lut_path
 
     if lut_path:
@@ -87,7 +108,12 @@ def _lut_file(metadata: dict, profile, lut_path) -> Path | None:
     space = metadata.get("space") if metadata else None
     if not space:
         return None
-    return default_lut_path(profile.name, space["model"], space["resolution"], profile.batch)
+    try:
+        from hwbcnet.space.models.sources import ModelSource
+    except ImportError:
+        return None
+    slug = ModelSource(space["model"], json.dumps(space.get("model_kwargs") or {}, sort_keys=True)).slug
+    return default_lut_path(profile.name, slug, space["resolution"], profile.batch)
 
 
 def compare_load(now: dict, lut_file: Path | None) -> dict:
@@ -125,6 +151,25 @@ def compare_load(now: dict, lut_file: Path | None) -> dict:
     return result
 
 
+def _engine_mismatch(path: Path, sidecar: dict | None, profile, environment: dict) -> str | None:
+    """Refuse an engine built with another TensorRT or for another GPU (it would not deserialize); say why the LUT
+    prediction does not apply when the engine's precision or batch differ from the device profile's."""
+    if sidecar is None:
+        return f"{path} has no {path.name}.json (not built by hwbcnet): nothing to predict from"
+    here = (environment.get("runtime_versions", {}).get("tensorrt"), environment.get("compute_capability"))
+    built = (sidecar.get("tensorrt_version"), sidecar.get("compute_capability"))
+    if here != built:
+        raise HwbcnetError(
+            f"{path} was built with TensorRT {built[0]} for {sidecar.get('gpu')} (compute {built[1]}), but this "
+            f"machine has TensorRT {here[0]} and {environment.get('device')} (compute {here[1]}); rebuild it here: "
+            f"hwbcnet export --from-onnx {sidecar.get('onnx', {}).get('path', '<model.onnx>')} --trt --device "
+            f"{profile.name}")
+    if (sidecar.get("precision"), sidecar.get("batch")) != (profile.precision, profile.batch):
+        return (f"the engine is {sidecar.get('precision')} at batch {sidecar.get('batch')}, device {profile.name}'s "
+                f"LUT is {profile.precision} at batch {profile.batch}: no comparable prediction")
+    return None
+
+
 def _budget_ms(budget: float | str | None) -> float | None:
     if budget is None:
         return None
@@ -140,28 +185,37 @@ def _budget_ms(budget: float | str | None) -> float | None:
 
 def predict_latency(metadata: dict, profile, lut_path: str | Path | None = None) -> tuple[float | None, str]:
     """(LUT-predicted latency in ms or None, where it came from or why there is none)."""
-    from hwbcnet.costs.latency import LatencyCost
     from hwbcnet.hardware.lut import Lut
     from hwbcnet.hardware.lut import lut_path as default_lut_path
-    from hwbcnet.space import build_space
 
     if not metadata:
-        return None, "the ONNX file has no hwbcnet metadata (export it with `hwbcnet export`)"
-    described = metadata["space"]
-    space = build_space(described["model"], bins=described["bins"], min_bins=described["min_bins"],
-                        resolution=described["resolution"], width_mult=described["width_mult"],
-                        num_classes=described["num_classes"])
+        return None, "the model has no hwbcnet metadata (export it with `hwbcnet export`)"
+    recorded = (float(metadata["predicted_latency_ms"]) if metadata.get("device") == profile.name
+                and metadata.get("predicted_latency_ms") is not None else None)
+    try:  # the space and the predictor over its layers need torch
+        from hwbcnet.costs.latency import LatencyCost
+        from hwbcnet.space import space_from_description
+    except ImportError:  # a deployment machine without torch cannot rebuild the width space
+        if recorded is not None:
+            return recorded, "recorded at export time (torch is not installed here to read the LUT)"
+        return None, "torch is not installed here, and the model records no prediction for this device"
+    try:
+        space = space_from_description(metadata["space"])
+    except HwbcnetError as exc:  # e.g. a timm model on a board without timm
+        if recorded is not None:
+            return recorded, f"recorded at export time (the model cannot be rebuilt here: {exc})"
+        raise
     if space.fingerprint() != metadata.get("space_fingerprint"):
         return None, f"the {space.model} definition changed since this model was exported; re-export it"
     arch = space.arch_from_json(metadata["arch"])
-    path = Path(lut_path) if lut_path else default_lut_path(profile.name, space.model, space.resolution, profile.batch)
+    path = Path(lut_path) if lut_path else default_lut_path(profile.name, space.slug, space.resolution, profile.batch)
     if path.is_file():
         cost = LatencyCost(space, Lut.load(path, space=space, profile=profile))
         kind = "calibrated" if cost.calibrated else "uncalibrated sum of cells"
         return float(cost(arch[None])[0]), f"LUT {path} ({kind})"
     if lut_path:
         raise HwbcnetError(f"{path}: LUT not found")
-    if metadata.get("device") == profile.name and metadata.get("predicted_latency_ms") is not None:
-        return float(metadata["predicted_latency_ms"]), f"recorded at export time (no LUT at {path})"
+    if recorded is not None:
+        return recorded, f"recorded at export time (no LUT at {path})"
     return None, (f"no LUT at {path}; build it with `hwbcnet profile --device {profile.name} --model {space.model}"
                   f" --resolution {space.resolution}`")

@@ -54,8 +54,11 @@ def lut_path(device: str, model: str, resolution: int, batch: int, root: str | P
 
 
 def _space_record(space) -> dict:
-    return {"fingerprint": space.fingerprint(), "bins": space.bins, "min_bins": space.min_bins,
-            "width_mult": getattr(space, "width_mult", 1.0), "num_classes": getattr(space, "num_classes", None)}
+    record = {"fingerprint": space.fingerprint(), "bins": space.bins, "min_bins": space.min_bins,
+              "width_mult": getattr(space, "width_mult", 1.0), "num_classes": getattr(space, "num_classes", None)}
+    if hasattr(space, "describe"):  # how to rebuild the space (model source, kwargs, --fixed, divisor)
+        record["description"] = space.describe()
+    return record
 
 
 def finalize_passes(passes: list[dict]) -> dict:
@@ -129,9 +132,14 @@ class Lut:
             raise HwbcnetError(f"{path}: LUT is for {data['model']} at {data['resolution']} px, not {space.model} at "
                                f"{space.resolution} px; pass the LUT of this model or profile it")
         if data["space"].get("fingerprint") != space.fingerprint():
+            recorded = data["space"].get("description") or {}
+            divisor = recorded.get("channel_divisor", 1)
+            hint = (f"; it has channel divisor {divisor} and this space {space.channel_divisor}: use the same "
+                    "--channel-divisor to train, profile and search" if divisor != getattr(space, "channel_divisor", 1)
+                    else "")
             raise HwbcnetError(
                 f"{path}: LUT was built for another width space of {space.model} (bins {data['space'].get('bins')}, "
-                f"min {data['space'].get('min_bins')}, fingerprint {data['space'].get('fingerprint')}); "
+                f"min {data['space'].get('min_bins')}, fingerprint {data['space'].get('fingerprint')}){hint}; "
                 "profile this space into a new file (--out) or delete the old one")
 
     def check_profile(self, profile: Profile) -> None:

@@ -88,7 +88,7 @@ def build_lut(space, profile: Profile, path: str | Path | None = None, *, progre
         raise HwbcnetError(f"device {profile.name} runs at {profile.resolution} px but the space is built at "
                            f"{space.resolution} px; build the space with resolution={profile.resolution}")
     backend = backend or get_backend(profile.backend)
-    path = Path(path) if path else lut_path(profile.name, space.model, space.resolution, profile.batch)
+    path = Path(path) if path else lut_path(profile.name, space.slug, space.resolution, profile.batch)
     lut = _open_lut(path, space, profile, backend.environment(profile))
     cells = enumerate_cells(space)
     remaining = sum(profile.passes - lut.passes_done(cell, profile.passes) for cell in cells)

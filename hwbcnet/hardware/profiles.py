@@ -1,16 +1,19 @@
 """Device profiles: how latency is measured on one target (backend, precision, batch, threads, timing policy).
 
 A profile is a TOML file. The shipped ones live in `hwbcnet/resources/profiles/` (copies of `profiles/` in the
-repository); `load_profile` takes either such a name (`cpu`, `gpu`, `jetson-orin-nano`, ...) or the path of a
+repository); `load_profile` takes either such a name (`cpu`, `gpu`, `jetson-orin-nano`, ...), one of the names
+`jetson` and `gpu` that stand for this machine's own profile (see `resolve_machine_profile`), or the path of a
 user's own `.toml` written in the same format:
 
     name = "my-board"            # also the LUT folder: lut/<name>/...
     description = "..."
-    backend = "onnxruntime"      # or "tensorrt"
+    backend = "onnxruntime"      # onnxruntime (CPU) | onnxruntime-cuda (CUDA execution provider) | tensorrt
     precision = "fp32"           # fp32 | fp16
     batch = 1
     threads = 1                  # ONNX Runtime intra-op threads
     resolution = 224             # optional: overrides the model's input resolution
+    channel_divisor = 8          # channel counts this device runs best at a multiple of (width-space default);
+                                 # "auto": ONNX Runtime's NCHWc block on this CPU (16 with AVX-512, 8 with AVX2)
     [onnxruntime]  optimization_level = "all", allow_spinning = true
     [tensorrt]     cuda_graphs = false, workspace_mb = 1024, min_sample_ms = 0.05
     [jetson]       power_mode = "MAXN", locked_clocks = true     (expected state, checked and recorded)
@@ -25,18 +28,22 @@ is part of `settings()`, which a LUT file records and checks on load.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
 from hwbcnet.errors import HwbcnetError
+from hwbcnet.hardware.nvidia import XAVIER_UNSUPPORTED, detect_jetson, jetson_profile_name
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10 (JetPack 6)
     import tomli as tomllib
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "onnxruntime-cuda", "tensorrt")
+ORT_BACKENDS = ("onnxruntime", "onnxruntime-cuda")
+# Names that stand for this machine's own profile rather than a file.
+MACHINE_ALIASES = ("jetson", "gpu")
 PRECISIONS = ("fp32", "fp16")
 ORT_LEVELS = ("disable", "basic", "extended", "all")
 
@@ -83,12 +90,16 @@ class Profile:
     branches: tuple[int, ...] = (1, 4)
     cell_timing: TimingPolicy = field(default_factory=TimingPolicy)
     model_timing: TimingPolicy = field(default_factory=lambda: TimingPolicy(warmup_ms=200.0, min_time_ms=200.0))
+    # Channel counts the device runs best at a multiple of (fp16 tensor cores want 8); the default divisor of
+    # width spaces searched for it. Not a measurement setting: it does not enter settings().
+    channel_divisor: int = 1
+    resolved_from: str | None = None  # "jetson" or "gpu" when the profile was picked for this machine
     source: str = ""
 
     def settings(self) -> dict:
         """What a measured number depends on; a LUT is only valid under identical settings."""
         settings = {"backend": self.backend, "precision": self.precision, "batch": self.batch}
-        if self.backend == "onnxruntime":
+        if self.backend in ORT_BACKENDS:
             settings.update(threads=self.threads, optimization_level=self.optimization_level)
         else:
             settings.update(cuda_graphs=self.cuda_graphs)
@@ -96,8 +107,9 @@ class Profile:
 
     def settings_tag(self) -> str:
         """The settings as a short string, appended to every cell key of a LUT (e.g. `b1 fp32 ort-t1-all`)."""
-        if self.backend == "onnxruntime":
-            backend = f"ort-t{self.threads}-{self.optimization_level}"
+        if self.backend in ORT_BACKENDS:
+            prefix = "ort" if self.backend == "onnxruntime" else "ortcuda"
+            backend = f"{prefix}-t{self.threads}-{self.optimization_level}"
         else:
             backend = "trt-graphs" if self.cuda_graphs else "trt"
         return f"b{self.batch} {self.precision} {backend}"
@@ -138,6 +150,14 @@ def _parse(data: dict, source: str) -> Profile:
         raise HwbcnetError(f"{source}: timing.branches {list(branches)} needs at least two distinct counts >= 1")
     if data["batch"] < 1 or data.get("threads", 1) < 1 or timing.get("passes", 2) < 1:
         raise HwbcnetError(f"{source}: batch, threads and timing.passes must be >= 1")
+    divisor = data.get("channel_divisor", 1)
+    if divisor == "auto":
+        from hwbcnet.hardware.backends.onnxruntime import nchwc_block_size
+
+        divisor = nchwc_block_size()
+    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
+        raise HwbcnetError(f"{source}: channel_divisor = {divisor!r}: expected a whole number >= 1 (1: any width) "
+                           "or \"auto\"")
     base = Profile(name="", description="", backend="onnxruntime", precision="fp32", batch=1, threads=1)
     return Profile(
         name=str(data["name"]),
@@ -154,6 +174,7 @@ def _parse(data: dict, source: str) -> Profile:
         min_sample_ms=float(trt.get("min_sample_ms", 0.05)),
         power_mode=jetson.get("power_mode"),
         locked_clocks=bool(jetson.get("locked_clocks", False)),
+        channel_divisor=divisor,
         passes=int(timing.get("passes", 2)),
         branches=tuple(sorted(set(branches))),
         cell_timing=_timing(timing.get("cell", {}), f"{source} [timing.cell]", base.cell_timing),
@@ -167,25 +188,55 @@ def _shipped() -> dict[str, Path]:
     return {Path(entry.name).stem: Path(str(entry)) for entry in folder.iterdir() if entry.name.endswith(".toml")}
 
 
+# Profiles that once shipped, and why they no longer do.
+RETIRED = {"jetson-xavier-nx": XAVIER_UNSUPPORTED}
+
+
 def list_profiles() -> list[Profile]:
     """The shipped profiles, sorted by name."""
-    return [load_profile(name) for name in sorted(_shipped())]
+    return [_load_file(path) for _, path in sorted(_shipped().items())]
+
+
+def jetson_profile_names() -> list[str]:
+    return sorted(name for name in _shipped() if name.startswith("jetson-"))
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
-    """A shipped profile by name (`cpu`) or a user's TOML file by path (`boards/my.toml`)."""
+    """A shipped profile by name (`cpu`), this machine's own (`jetson`, `gpu`) or a user's TOML file by path
+    (`boards/my.toml`)."""
     text = str(name_or_path)
     shipped = _shipped()
+    if text in MACHINE_ALIASES:
+        return resolve_machine_profile(text)
+    if text in RETIRED:
+        raise HwbcnetError(RETIRED[text])
     if text in shipped:
-        path = shipped[text]
-    elif text.endswith(".toml") or Path(text).exists():
+        return _load_file(shipped[text])
+    if text.endswith(".toml") or Path(text).exists():
         path = Path(text)
         if not path.is_file():
             raise HwbcnetError(f"device profile {path}: file not found")
-    else:
-        raise HwbcnetError(
-            f"unknown device {text!r}; known devices: {', '.join(sorted(shipped))} (or pass the path of your own .toml)"
-        )
+        return _load_file(path)
+    raise HwbcnetError(f"unknown device {text!r}; known devices: {', '.join(sorted(shipped))}, or "
+                       f"{' / '.join(MACHINE_ALIASES)} for this machine's own (or pass the path of your own .toml)")
+
+
+def resolve_machine_profile(alias: str) -> Profile:
+    """`jetson` and `gpu`: on a Jetson, the shipped profile of its module (read from the device tree, or from
+    /sys/devices/soc0 inside containers); elsewhere `gpu` is the discrete-GPU profile and `jetson` an error that
+    lists the Jetson profiles (pass one by name to use a Jetson's LUT on another machine)."""
+    jetson = detect_jetson()
+    if jetson is None:
+        if alias == "gpu":
+            return _load_file(_shipped()["gpu"])
+        raise HwbcnetError("device 'jetson': this machine is not a Jetson (no Jetson in /proc/device-tree/model, "
+                           "/sys/devices/soc0 or /etc/nv_tegra_release); to use a Jetson's LUT here pass its profile "
+                           f"by name: {', '.join(jetson_profile_names())}")
+    name = jetson_profile_name(jetson, jetson_profile_names())
+    return replace(_load_file(_shipped()[name]), resolved_from=alias)
+
+
+def _load_file(path: Path) -> Profile:
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -22,9 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.fileio import atomic_torch_save, file_sha256
-from hwbcnet.space.space import build_space
+from hwbcnet.space.space import space_from_description
 from hwbcnet.supernet.extract import build_standalone
-from hwbcnet.supernet.supernet import plain_module, rematerialize
 
 KIND = "hwbcnet.subnet"
 SCHEMA_VERSION = 1
@@ -92,11 +91,14 @@ def load_subnet(path: str | Path):
         raise HwbcnetError(f"{path}: unreadable subnet file ({type(exc).__name__}); it is corrupt") from None
     if not isinstance(payload, dict) or payload.get("kind") != KIND or payload.get("schema_version") != SCHEMA_VERSION:
         raise HwbcnetError(f"{path}: not a hwbcnet subnet file (schema {SCHEMA_VERSION})")
-    space = build_space(**{k: payload["space"][k] for k in ("model", "bins", "min_bins", "resolution", "width_mult",
-                                                             "num_classes")})
+    space = space_from_description(payload["space"])
     arch = space.arch_from_json(payload["arch"])
-    model = rematerialize(space, space.arch_channels(arch)[0], plain_module)
-    model.load_state_dict(payload["state_dict"])
+    model = build_standalone(space, arch)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError:  # missing/unexpected keys or other shapes: the model definition changed
+        raise HwbcnetError(f"{path}: its weights no longer fit {space.model} (the model definition changed since it "
+                           "was extracted); extract it again") from None
     return model.eval(), space, arch, payload
 
 

@@ -60,7 +60,8 @@ def close_latency_loop(space, profile, lut_path: str | Path, ranked: list[tuple]
     returns the new archs it evaluated, best first. Returns {"status": "met" | "unmet", "arch": the accepted arch
     (else the best measured one within the budget, else the fastest), "rounds": [...], "researched": n,
     "message": ...}."""
-    from hwbcnet.costs.calibration import anchor_archs, machine_conditions, measure_archs, refit_calibration
+    from hwbcnet.costs.calibration import anchor_archs, measure_archs, refit_calibration
+    from hwbcnet.hardware.machine import machine_conditions
     from hwbcnet.hardware.lut import Lut
 
     config.check()

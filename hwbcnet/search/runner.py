@@ -152,7 +152,7 @@ def auto_threads(dist=None) -> int:
     Two threads on a 2-core machine whose other core is busy score ~2x slower than one (they wait on each other)."""
     import torch
 
-    from hwbcnet.costs.calibration import busy_cores
+    from hwbcnet.hardware.machine import busy_cores
 
     cores = torch.get_num_threads()  # torch's default: one per physical core (or what OMP_NUM_THREADS says)
     if dist is not None or cores == 1:
@@ -310,7 +310,7 @@ def _verify_pick(space, device, lut_path, costs, search_scores, final_scores, ra
     from hwbcnet.reporting import console
 
     profile = load_profile(device)
-    path = Path(lut_path) if lut_path else default_lut_path(profile.name, space.model, space.resolution,
+    path = Path(lut_path) if lut_path else default_lut_path(profile.name, space.slug, space.resolution,
                                                              profile.batch)
     # the final top-k in their final order first (the pick without --verify comes first), then the search's rest
     rest = sorted((key for key in search_scores if key not in final_scores), key=lambda key: (-search_scores[key], key))

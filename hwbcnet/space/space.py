@@ -1,7 +1,9 @@
 """Width spaces: a model's traced width variables, the bin grid, and architectures over it.
 
 A variable with C channels is split into N bins; an architecture gives each variable a width c in {m..N} bins, which
-means ceil(c*C/N) channels (rounded up so no width is ever empty and the full width c=N is exactly C). An arch is
+means ceil(c*C/N) channels (rounded up so no width is ever empty and the full width c=N is exactly C), rounded up
+to the variable's divisor (the group width of grouped convs, and --channel-divisor for device-friendly widths),
+at most C. An arch is
 an int array of bins, one per variable in graph order; as text it is the Channel-Bench-Macro digit code (`4432214`)
 when N <= 9, a comma list (`8,6,6,...`), `full`, `min`, or a JSON file with {"widths": {variable: bins}}.
 """
@@ -11,26 +13,40 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from hwbcnet.errors import HwbcnetError
-from hwbcnet.space.layers import Layer
-from hwbcnet.space.models import get_model_entry
-from hwbcnet.space.tracing import ModuleBinding, TracedModel, WidthVariable, trace_model
+from hwbcnet.space.layers import Layer, Layout
+from hwbcnet.space.models.sources import ModelSource, parse_model_source
+from hwbcnet.space.tracing import TracedModel, WidthVariable, trace_model
 
 
 @dataclass
 class WidthSpace:
-    model: str
+    model: str  # the model spec (hwbcnet/space/models/sources.py)
     resolution: int
     num_classes: int
     width_mult: float
     bins: int  # N
     min_bins: int  # m
     traced: TracedModel
+    model_kwargs: dict = field(default_factory=dict)
+    fixed: tuple[str, ...] = ()  # --fixed globs
+    channel_divisor: int = 1  # --channel-divisor: every width (but the full one) a multiple of it
+
+    @property
+    def source(self) -> ModelSource:
+        return ModelSource(self.model, json.dumps(self.model_kwargs, sort_keys=True))
+
+    @property
+    def slug(self) -> str:
+        """The model's name in file names (LUT paths)."""
+        return self.source.slug
 
     @property
     def variables(self) -> list[WidthVariable]:
@@ -39,10 +55,6 @@ class WidthSpace:
     @property
     def layers(self) -> list[Layer]:
         return self.traced.layers
-
-    @property
-    def bindings(self) -> dict[str, ModuleBinding]:
-        return self.traced.bindings
 
     @property
     def num_vars(self) -> int:
@@ -56,10 +68,20 @@ class WidthSpace:
     def size(self) -> int:
         return len(self.choices) ** self.num_vars
 
+    def divisor(self, var: int) -> int:
+        return math.lcm(self.variables[var].divisor, self.channel_divisor)
+
     def channels(self, var: int, bins):
-        """ceil(bins * C / N), elementwise for arrays."""
-        C = self.variables[var].channels
-        return -(-np.asarray(bins) * C // self.bins)
+        """ceil(bins * C / N) rounded up to the variable's divisor, at most C; elementwise for arrays."""
+        C, d = self.variables[var].channels, self.divisor(var)
+        return np.minimum(C, _ceil_div(_ceil_div(np.asarray(bins) * C, self.bins), d) * d)
+
+    def supernet_channels(self, var: int, groups: int) -> int:
+        """Channels of the variable in a supernet of B = `groups` groups of C/N channels (B = N: exactly C)."""
+        C, d = self.variables[var].channels, self.divisor(var)
+        if groups == self.bins:
+            return C
+        return max(C, int(_ceil_div(_ceil_div(groups * C, self.bins), d)) * d)
 
     @functools.cached_property
     def _channel_table(self) -> np.ndarray:
@@ -143,19 +165,27 @@ class WidthSpace:
         raise HwbcnetError("arch JSON needs a `widths` mapping or a `code`")
 
     def describe(self) -> dict:
-        return {"model": self.model, "resolution": self.resolution, "num_classes": self.num_classes,
-                "width_mult": self.width_mult, "bins": self.bins, "min_bins": self.min_bins}
+        """Everything `space_from_description` needs to rebuild this space (recorded in every file hwbcnet writes)."""
+        return {"model": self.model, "model_kwargs": self.model_kwargs, "resolution": self.resolution,
+                "num_classes": self.num_classes, "width_mult": self.width_mult, "bins": self.bins,
+                "min_bins": self.min_bins, "fixed": list(self.fixed), "channel_divisor": self.channel_divisor}
 
     def fingerprint(self) -> str:
-        """Hash of everything costs depend on: the executed layers, the variables and the bin grid."""
+        """Hash of the traced structure: the space's settings, the variables, the executed layers and the shape of
+        every channel-dependent tensor. A rebuilt model with another structure gets another fingerprint."""
         payload = json.dumps({"space": self.describe(), "layers": [layer.to_json() for layer in self.layers],
-                              "channels": [v.channels for v in self.variables]}, sort_keys=True)
+                              "variables": [[v.channels, v.divisor] for v in self.variables],
+                              "params": {name: [d.to_json() if isinstance(d, Layout) else d for d in spec.dims]
+                                         for name, spec in sorted(self.traced.params.items())}}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def build_template(self):
-        """A fresh instance of the full-width model (the traced module's structure, new random weights)."""
-        entry = get_model_entry(self.model)
-        return entry.build(self.num_classes, self.width_mult, self.resolution)
+    def build_template(self) -> nn.Module:
+        """A fresh instance of the full-width model (new random weights)."""
+        return self.source.build(self.num_classes, self.width_mult, self.resolution)
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
 
 
 def _read_arch_json(path: str) -> dict:
@@ -168,20 +198,40 @@ def _read_arch_json(path: str) -> dict:
 
 
 @functools.lru_cache(maxsize=32)
-def _trace_cached(model: str, num_classes: int, width_mult: float, resolution: int) -> TracedModel:
-    entry = get_model_entry(model)
-    return trace_model(entry.build(num_classes, width_mult, resolution), (1, 3, resolution, resolution))
+def _trace_cached(source: ModelSource, num_classes: int, width_mult: float, resolution: int,
+                  fixed: tuple[str, ...]) -> TracedModel:
+    model = source.build(num_classes, width_mult, resolution)
+    return trace_model(model, (1, 3, resolution, resolution), fixed=fixed)
 
 
 def build_space(model: str, *, bins: int | None = None, min_bins: int | None = None, resolution: int | None = None,
-                width_mult: float = 1.0, num_classes: int = 10) -> WidthSpace:
-    entry = get_model_entry(model)
-    bins = entry.bins if bins is None else int(bins)
-    min_bins = entry.min_bins if min_bins is None else int(min_bins)
-    resolution = entry.resolution if resolution is None else int(resolution)
+                width_mult: float = 1.0, num_classes: int = 10, model_kwargs: dict | str | None = None,
+                fixed: tuple[str, ...] | list[str] = (), channel_divisor: int = 1) -> WidthSpace:
+    """The width space of a model (spec forms in hwbcnet/space/models/sources.py), traced at `resolution`."""
+    source = parse_model_source(model, model_kwargs)
+    default_resolution, default_bins, default_min_bins = source.defaults()
+    bins = default_bins if bins is None else int(bins)
+    min_bins = default_min_bins if min_bins is None else int(min_bins)
+    resolution = default_resolution if resolution is None else int(resolution)
     if bins < 1 or not 1 <= min_bins <= bins:
         raise HwbcnetError(f"bins={bins}, min_bins={min_bins}: need 1 <= min_bins <= bins")
     if resolution < 8:
         raise HwbcnetError(f"resolution {resolution} is too small (at least 8 px)")
-    traced = _trace_cached(model, num_classes, float(width_mult), resolution)
-    return WidthSpace(model, resolution, num_classes, float(width_mult), bins, min_bins, traced)
+    if channel_divisor < 1:
+        raise HwbcnetError(f"--channel-divisor {channel_divisor}: must be at least 1")
+    fixed = tuple(dict.fromkeys(str(pattern) for pattern in fixed))
+    traced = _trace_cached(source, int(num_classes), float(width_mult), resolution, fixed)
+    if not traced.variables:
+        reasons = "; ".join(traced.pinned[:3]) or "no conv/linear layer produces free channels"
+        raise HwbcnetError(f"{source.spec} has no width variable to search ({reasons})")
+    return WidthSpace(source.spec, resolution, int(num_classes), float(width_mult), bins, min_bins, traced,
+                      source.kwargs, fixed, int(channel_divisor))
+
+
+def space_from_description(described: dict) -> WidthSpace:
+    """The space a file recorded with WidthSpace.describe() (files from before model sources lack some keys)."""
+    return build_space(described["model"], bins=described["bins"], min_bins=described["min_bins"],
+                       resolution=described["resolution"], width_mult=described.get("width_mult", 1.0),
+                       num_classes=described["num_classes"], model_kwargs=described.get("model_kwargs") or {},
+                       fixed=tuple(described.get("fixed") or ()),
+                       channel_divisor=int(described.get("channel_divisor") or 1))

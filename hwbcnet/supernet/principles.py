@@ -5,9 +5,10 @@
 * ``bcnetv2``: widths c in {m..N}; every variable is widened to B = N+m groups of the same size C/N, so the supernet
   has ceil(B*C/N) channels; left path [0, k), right path [C_sup-k, C_sup).
 
-k = ceil(c*C/N) in every case, so both paths have exactly the standalone model's channel count. In group units the
-left path is [0, c) and the right path [B-c, B); with the complementary draw c' = B-c every group of a variable is
-visited exactly twice per (c, c') pair (see `complement`).
+k = ceil(c*C/N) in every case (rounded to the variable's divisor, see WidthSpace.channels), so both paths have
+exactly the standalone model's channel count. In group units the left path is [0, c) and the right path [B-c, B);
+with the complementary draw c' = B-c every group of a variable is visited exactly twice per (c, c') pair (see
+`complement`; with a divisor the channel ranges round to it, so the visits are equal up to that rounding).
 """
 
 from __future__ import annotations
@@ -31,15 +32,9 @@ class Principle:
         """B: the number of groups the supernet holds per variable."""
         return bins + min_bins if self.name == "bcnetv2" else bins
 
-    def supernet_channels(self, channels: int, bins: int, min_bins: int) -> int:
-        return -(-self.groups(bins, min_bins) * channels // bins)
-
-    def channel_range(self, channels: int, bins: int, min_bins: int, width: int, path: str) -> tuple[int, int]:
-        k = -(-width * channels // bins)
-        if path == LEFT:
-            return 0, k
-        total = self.supernet_channels(channels, bins, min_bins)
-        return total - k, total
+    def channel_range(self, k: int, total: int, path: str) -> tuple[int, int]:
+        """The channels [start, stop) a path uses for k channels of a variable with `total` supernet channels."""
+        return (0, k) if path == LEFT else (total - k, total)
 
     def group_range(self, bins: int, min_bins: int, width: int, path: str) -> tuple[int, int]:
         B = self.groups(bins, min_bins)

@@ -1,79 +1,99 @@
-"""The slimmable supernet: the traced model re-materialised with dynamic modules at the principle's supernet width."""
+"""The slimmable supernet: the traced model re-materialised at the principle's supernet width, every
+channel-dependent module made slimmable (supernet/dynamic.py).
+
+Initialisation. Without weights, every leaf module is re-initialised by its own `reset_parameters` after the
+global seed is set (the traced template's weights come from whatever the RNG held when it was traced). With
+pretrained weights (`weights`: a state_dict of the user's model), each variable's C channels fill the supernet's
+enlarged width *cyclically*: supernet channel i holds model channel i mod C. For ua and bcnet (B = N) that is the
+model itself. For bcnetv2 (B = N+m groups) the left path at full width is the model's channels [0, C) and the right
+path [Ksup-C, Ksup) is the same channels rotated by Ksup-C; every module of a variable rotates alike, so both full-
+width paths compute exactly the pretrained model. Narrower widths start from the model's first (left) or rotated
+last (right) channels, as slimmable networks start from a trained model.
+"""
 
 from __future__ import annotations
 
-import copy
-from typing import Callable
-
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
+from hwbcnet.errors import HwbcnetError
+from hwbcnet.space.materialize import materialize
 from hwbcnet.space.space import WidthSpace
-from hwbcnet.space.tracing import ModuleBinding
-from hwbcnet.supernet.dynamic import ActiveRanges, DynamicBatchNorm2d, DynamicConv2d, DynamicLinear
+from hwbcnet.supernet.dynamic import ActiveRanges, SlicedTensor, make_sliced
 from hwbcnet.supernet.principles import LEFT, Principle, get_principle
 
 
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+def _own_tensors(traced, module_name: str) -> dict[str, tuple]:
+    prefix = f"{module_name}."
+    return {name[len(prefix):]: spec.dims for name, spec in traced.params.items()
+            if name.startswith(prefix) and "." not in name[len(prefix):]}
 
 
-def rematerialize(space: WidthSpace, var_channels, make: Callable[[nn.Module, ModuleBinding, int, int], nn.Module]):
-    """A copy of the traced model whose conv/BN/linear modules are rebuilt by `make(old, binding, c_in, c_out)`, with
-    c_in/c_out taken from `var_channels` (one count per width variable) or the module's own fixed size."""
-    graph_module = copy.deepcopy(space.traced.graph_module)
-    for name, binding in space.bindings.items():
-        old = graph_module.get_submodule(name)
-        fixed_in = {"conv": "in_channels", "depthwise": "in_channels", "linear": "in_features", "bn": "num_features"}
-        fixed_out = {"conv": "out_channels", "depthwise": "out_channels", "linear": "out_features", "bn": "num_features"}
-        c_in = int(var_channels[binding.in_var]) if binding.in_var is not None else getattr(old, fixed_in[binding.kind])
-        c_out = int(var_channels[binding.out_var]) if binding.out_var is not None else getattr(old, fixed_out[binding.kind])
-        _set_submodule(graph_module, name, make(old, binding, c_in, c_out))
-    return graph_module
-
-
-def plain_module(old: nn.Module, binding: ModuleBinding, c_in: int, c_out: int, **extra) -> nn.Module:
-    """A standard (or, with `extra`, dynamic) module like `old` with new channel counts."""
-    if binding.kind in ("conv", "depthwise"):
-        cls = DynamicConv2d if extra else nn.Conv2d
-        groups = c_out if binding.kind == "depthwise" else 1
-        return cls(c_out if groups > 1 else c_in, c_out, old.kernel_size, old.stride, old.padding, old.dilation,
-                   groups, old.bias is not None, **extra)
-    if binding.kind == "linear":
-        cls = DynamicLinear if extra else nn.Linear
-        return cls(c_in, c_out, old.bias is not None, **extra)
-    if extra:
-        return DynamicBatchNorm2d(c_out, old.eps, old.momentum, old.affine, old.track_running_stats,
-                                  var=extra["out_var"], ranges=extra["ranges"])
-    return nn.BatchNorm2d(c_out, old.eps, old.momentum, old.affine, old.track_running_stats)
+def _slice_functional_parameters(graph_module: fx.GraphModule, traced, ranges: ActiveRanges) -> None:
+    """Route every get_attr of a channel-dependent tensor (not owned by a sliced module) through SlicedTensor."""
+    owned = {name for name in traced.params if name.rpartition(".")[0] in traced.modules}
+    graph = graph_module.graph
+    for index, node in enumerate(list(graph.nodes)):
+        if node.op != "get_attr" or node.target not in traced.params or node.target in owned:
+            continue
+        slot = f"_hwbcnet_sliced_{index}"
+        graph_module.add_submodule(slot, SlicedTensor(graph_module, node.target, traced.params[node.target].dims,
+                                                      ranges))
+        with graph.inserting_after(node):
+            replacement = graph.call_module(slot)
+        node.replace_all_uses_with(replacement)
+        graph.erase_node(node)
+    graph_module.recompile()
 
 
 class SuperNet(nn.Module):
     """Runs any arch of `space` by slicing: `activate(arch, path)` then call it like a model."""
 
-    def __init__(self, space: WidthSpace, principle: Principle | str):
+    def __init__(self, space: WidthSpace, principle: Principle | str, weights: dict[str, torch.Tensor] | None = None):
         super().__init__()
         self.space = space
         self.principle = get_principle(principle) if isinstance(principle, str) else principle
-        full = [self.principle.supernet_channels(v.channels, space.bins, space.min_bins) for v in space.variables]
+        groups = self.principle.groups(space.bins, space.min_bins)
+        full = [space.supernet_channels(v, groups) for v in range(space.num_vars)]
         self.ranges = ActiveRanges(full)
-
-        def make(old, binding, c_in, c_out):
-            return plain_module(old, binding, c_in, c_out, in_var=binding.in_var, out_var=binding.out_var,
-                                ranges=self.ranges)
-
-        self.net = rematerialize(space, full, make)
+        traced = space.traced
+        cyclic = [np.arange(k) % v.channels for k, v in zip(full, space.variables)]
+        if weights is not None:
+            check_weights(traced.graph_module, weights)
+        net = materialize(traced, cyclic, [v.channels for v in space.variables], weights)
+        if weights is None:
+            for module in net.modules():
+                if hasattr(module, "reset_parameters") and module is not net:
+                    module.reset_parameters()
+        for name, spec in traced.modules.items():
+            make_sliced(net.get_submodule(name), _own_tensors(traced, name), spec, self.ranges)
+        _slice_functional_parameters(net, traced, self.ranges)
+        self.net = net
 
     def path_ranges(self, arch, path: str) -> list[tuple[int, int]]:
-        arch = np.asarray(arch)
-        space, p = self.space, self.principle
-        return [p.channel_range(v.channels, space.bins, space.min_bins, int(c), path) for v, c in zip(space.variables, arch)]
+        channels = self.space.arch_channels(np.asarray(arch))[0]
+        return [self.principle.channel_range(int(k), total, path) for k, total in zip(channels, self.ranges.full)]
 
     def activate(self, arch, path: str = LEFT) -> "SuperNet":
-        self.ranges.ranges = self.path_ranges(arch, path)
+        self.ranges.set(self.path_ranges(arch, path))
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def check_weights(graph_module: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Every tensor the traced model uses must be in `weights` with its shape; tensors of modules the traced
+    forward never runs (e.g. an auxiliary classifier) may be extra."""
+    expected = dict(graph_module.named_parameters())
+    expected.update(graph_module.named_buffers())
+    missing = [name for name in expected if name not in weights]
+    if missing:
+        raise HwbcnetError(f"the weights lack {len(missing)} tensors of the model (e.g. {', '.join(missing[:3])}); "
+                           "pass a state_dict of this model with these options")
+    wrong = [f"{name} {tuple(weights[name].shape)} vs {tuple(tensor.shape)}" for name, tensor in expected.items()
+             if tuple(weights[name].shape) != tuple(tensor.shape)]
+    if wrong:
+        raise HwbcnetError(f"the weights do not fit the model ({len(wrong)} shape mismatches, e.g. {wrong[0]}); "
+                           "were they saved for another model or number of classes?")

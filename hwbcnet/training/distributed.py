@@ -21,7 +21,7 @@ import torch
 import torch.distributed as torch_dist
 from torch.utils.data import DistributedSampler
 
-from hwbcnet.supernet.dynamic import DynamicBatchNorm2d
+from hwbcnet.supernet.dynamic import is_sliced_batchnorm
 
 
 @dataclass
@@ -57,7 +57,7 @@ class DistContext:
 
     def sync_batchnorm(self, module: torch.nn.Module, enabled: bool = True) -> None:
         for bn in module.modules():
-            if isinstance(bn, DynamicBatchNorm2d):
+            if is_sliced_batchnorm(bn):
                 bn.__dict__["process_group"] = torch_dist.group.WORLD if enabled else None
 
     def wrap(self, supernet: torch.nn.Module) -> torch.nn.Module:

@@ -60,8 +60,8 @@ class EvalData:
                         [(dist.shard(x), dist.shard(y)) for x, y in self.validation])
 
 
-def _batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
-    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 @torch.inference_mode()

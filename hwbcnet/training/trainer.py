@@ -21,9 +21,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hwbcnet.data import load_data
 from hwbcnet.errors import HwbcnetError
-from hwbcnet.space.space import WidthSpace, build_space
+from hwbcnet.fileio import file_sha256
+from hwbcnet.space.models.sources import parse_model_source
+from hwbcnet.space.space import WidthSpace, build_space, space_from_description
 from hwbcnet.supernet.principles import LEFT, get_principle
 from hwbcnet.supernet.supernet import SuperNet
+from hwbcnet.supernet.weights import load_weights
 from hwbcnet.training.checkpoint import load_checkpoint, save_checkpoint
 from hwbcnet.training.distributed import single_process_sampler
 from hwbcnet.training.sampler import ComplementarySampler, LossRecords
@@ -31,7 +34,7 @@ from hwbcnet.training.sampler import ComplementarySampler, LossRecords
 
 @dataclass
 class TrainConfig:
-    model: str
+    model: str  # a model spec (hwbcnet/space/models/sources.py)
     data: str = "digits"
     principle: str = "bcnetv2"
     bins: int | None = None
@@ -47,13 +50,21 @@ class TrainConfig:
     loss_records: int = 100
     ua_random_widths: int = 2
     max_steps_per_epoch: int | None = None  # cap for quick runs and tests
+    model_kwargs: dict = field(default_factory=dict)  # --model-kwargs of the model's factory
+    fixed: tuple[str, ...] = ()  # --fixed globs: modules kept at full width
+    channel_divisor: int = 1
+    weights: str | None = None  # --weights: a state_dict that initialises the supernet
 
     def resolved_space(self, num_classes: int) -> WidthSpace:
         min_bins = self.min_bins
         if min_bins is None and self.principle in ("ua", "bcnet"):
             min_bins = 1
         return build_space(self.model, bins=self.bins, min_bins=min_bins, resolution=self.resolution,
-                           width_mult=self.width_mult, num_classes=num_classes)
+                           width_mult=self.width_mult, num_classes=num_classes, model_kwargs=self.model_kwargs,
+                           fixed=self.fixed, channel_divisor=self.channel_divisor)
+
+    def input_resolution(self) -> int:
+        return self.resolution or parse_model_source(self.model, self.model_kwargs).defaults()[0]
 
 
 @dataclass
@@ -65,9 +76,15 @@ class TrainResult:
     loss_records: list = field(default_factory=list)
 
 
+_DEFAULTS = {"model_kwargs": {}, "fixed": (), "channel_divisor": 1, "weights": None}
+
+
+def _comparable(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
 def space_from_checkpoint(payload: dict) -> WidthSpace:
-    return build_space(**{k: payload["space"][k] for k in ("model", "bins", "min_bins", "resolution", "width_mult",
-                                                             "num_classes")})
+    return space_from_description(payload["space"])
 
 
 def load_supernet(path: str | Path) -> tuple[SuperNet, dict]:
@@ -97,14 +114,15 @@ class Trainer:
         self.checkpoint_path = self.out_dir / "supernet.pt"
         self.dist = dist  # hwbcnet.training.distributed.DistContext or None
         self.device = dist.device if dist is not None else default_device()
-        res = config.resolution or build_space(config.model).resolution
-        self.data = load_data(config.data, res, seed=config.seed)
+        self.data = load_data(config.data, config.input_resolution(), seed=config.seed)
         self.space = config.resolved_space(self.data.num_classes)
         self.principle = get_principle(config.principle)
         # Seeded here, not earlier: tracing a model (once per process, then cached) draws from the global RNG, and
         # the initial weights must not depend on what the process traced before (every rank must start equal).
         torch.manual_seed(config.seed)
-        self.supernet = SuperNet(self.space, self.principle)
+        self.supernet = SuperNet(self.space, self.principle,
+                                 weights=load_weights(config.weights) if config.weights else None)
+        self.weights_sha256 = file_sha256(config.weights) if config.weights else None
         if dist is not None:
             self.model = dist.wrap(self.supernet)  # moves it to the rank's device
         else:
@@ -152,8 +170,9 @@ class Trainer:
         if payload is None:
             return False
         saved = payload["config"]
-        for key in ("model", "principle", "data", "bins", "min_bins", "resolution", "width_mult", "batch_size", "seed"):
-            if saved.get(key) != asdict(self.config).get(key):
+        for key in ("model", "principle", "data", "bins", "min_bins", "resolution", "width_mult", "batch_size", "seed",
+                    "model_kwargs", "fixed", "channel_divisor", "weights"):
+            if _comparable(saved.get(key, _DEFAULTS.get(key))) != _comparable(asdict(self.config).get(key)):
                 raise HwbcnetError(f"{self.checkpoint_path}: was trained with {key}={saved.get(key)!r}, not "
                                    f"{asdict(self.config).get(key)!r}; use another --out or the same options")
         self.supernet.load_state_dict(payload["state_dict"])
@@ -164,7 +183,7 @@ class Trainer:
         return True
 
     def _payload(self) -> dict:
-        return {"config": asdict(self.config), "space": self.space.describe(),
+        return {"config": asdict(self.config), "space": self.space.describe(), "weights_sha256": self.weights_sha256,
                 "space_fingerprint": self.space.fingerprint(), "epoch": self.epoch, "step": self.step,
                 "planned_steps": self.planned_steps, "state_dict": self.supernet.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),

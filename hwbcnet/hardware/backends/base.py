@@ -31,7 +31,9 @@ class Backend(Protocol):
 _FACTORIES: dict[str, Callable[[], Backend]] = {}
 _INSTANCES: dict[str, Backend] = {}
 # Built-in backends live in their own module, imported on first use (tensorrt needs optional packages).
-_BUILTIN = {"onnxruntime": "hwbcnet.hardware.backends.onnxruntime", "tensorrt": "hwbcnet.hardware.backends.tensorrt"}
+_BUILTIN = {"onnxruntime": "hwbcnet.hardware.backends.onnxruntime",
+            "onnxruntime-cuda": "hwbcnet.hardware.backends.onnxruntime",
+            "tensorrt": "hwbcnet.hardware.backends.tensorrt"}
 
 
 def register_backend(name: str, factory: Callable[[], Backend]) -> None:

@@ -3,9 +3,20 @@ multiplier and the input resolution (which picks CIFAR or ImageNet strides where
 
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 
-from hwbcnet.space.models.common import BasicBlock, Bottleneck, Classifier, ConvBNAct, InvertedResidual, scaled
+from hwbcnet.space.models.common import (
+    BasicBlock,
+    Bottleneck,
+    Classifier,
+    ConvBNAct,
+    InvertedResidual,
+    SqueezeExcite,
+    make_divisible,
+    scaled,
+)
 
 
 class CifarResNet(nn.Module):
@@ -51,6 +62,101 @@ class MobileNetV2(nn.Module):
         c_last = scaled(1280, max(1.0, width_mult), 8)
         self.last = ConvBNAct(c_in, c_last, 1, act=nn.ReLU6)
         self.head = Classifier(c_last, num_classes, dropout)
+
+    def forward(self, x):
+        return self.head(self.last(self.blocks(self.stem(x))))
+
+
+class EfficientNetB0(nn.Module):
+    """EfficientNet-B0 (Tan & Le 2019) as torchvision builds it: MBConv blocks with SiLU and a Sigmoid-gated
+    squeeze-excitation to a quarter of the block's input width, stochastic depth rising linearly from 0 to 0.2 over
+    the blocks, 1x1 conv to 4x the last width, dropout 0.2 before the classifier. Inputs below 64 px use stride 1 in
+    the stem and the first stride-2 stage (as MobileNetV2 here)."""
+
+    # expand ratio, kernel, stride of the first block, output channels, blocks
+    STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3),
+              (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, resolution: int = 224, dropout: float = 0.2,
+                 stochastic_depth: float = 0.2):
+        super().__init__()
+        small_input = resolution < 64
+        first_downsampling = next(i for i, stage in enumerate(self.STAGES) if stage[2] == 2)
+        c_in = make_divisible(32 * width_mult)
+        self.stem = ConvBNAct(3, c_in, 3, 1 if small_input else 2, act=nn.SiLU)
+        total_blocks = sum(stage[4] for stage in self.STAGES)
+        blocks: list[nn.Module] = []
+        for index, (expand, kernel, stride, c, n) in enumerate(self.STAGES):
+            c_out = make_divisible(c * width_mult)
+            if small_input and index == first_downsampling:
+                stride = 1
+            for i in range(n):
+                c_hidden = make_divisible(c_in * expand)
+                se = SqueezeExcite(c_hidden, max(1, c_in // 4), act=nn.SiLU, gate=nn.Sigmoid)
+                blocks.append(InvertedResidual(c_in, c_hidden, c_out, stride if i == 0 else 1, act=nn.SiLU,
+                                               expand=c_hidden != c_in, kernel=kernel, se=se,
+                                               drop_prob=stochastic_depth * len(blocks) / total_blocks))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.last = ConvBNAct(c_in, 4 * c_in, 1, act=nn.SiLU)
+        self.head = Classifier(4 * c_in, num_classes, dropout)
+
+    def forward(self, x):
+        return self.head(self.last(self.blocks(self.stem(x))))
+
+
+class MobileNetV3(nn.Module):
+    """MobileNetV3-Large/-Small (Howard et al. 2019) as torchvision builds them: Hardswish stem, bneck blocks with ReLU
+    or Hardswish and a Hardsigmoid-gated squeeze-excitation to a quarter of the expanded width (rounded to 8), 1x1 conv
+    to 6x the last width, and a Linear-Hardswish-Dropout(0.2)-Linear classifier. BatchNorm eps 1e-3, momentum 0.01.
+    Inputs below 64 px use stride 1 in the stem and the first stride-2 block (as MobileNetV2 here); Small's first
+    block (16 -> 16) then gains an identity shortcut, by the rule of every inverted-residual block."""
+
+    # kernel, expanded channels, output channels, squeeze-excitation, activation, stride (the paper's tables 1 and 2)
+    SETTINGS = {
+        "large": [
+            (3, 16, 16, False, nn.ReLU, 1), (3, 64, 24, False, nn.ReLU, 2), (3, 72, 24, False, nn.ReLU, 1),
+            (5, 72, 40, True, nn.ReLU, 2), (5, 120, 40, True, nn.ReLU, 1), (5, 120, 40, True, nn.ReLU, 1),
+            (3, 240, 80, False, nn.Hardswish, 2), (3, 200, 80, False, nn.Hardswish, 1),
+            (3, 184, 80, False, nn.Hardswish, 1), (3, 184, 80, False, nn.Hardswish, 1),
+            (3, 480, 112, True, nn.Hardswish, 1), (3, 672, 112, True, nn.Hardswish, 1),
+            (5, 672, 160, True, nn.Hardswish, 2), (5, 960, 160, True, nn.Hardswish, 1),
+            (5, 960, 160, True, nn.Hardswish, 1),
+        ],
+        "small": [
+            (3, 16, 16, True, nn.ReLU, 2), (3, 72, 24, False, nn.ReLU, 2), (3, 88, 24, False, nn.ReLU, 1),
+            (5, 96, 40, True, nn.Hardswish, 2), (5, 240, 40, True, nn.Hardswish, 1),
+            (5, 240, 40, True, nn.Hardswish, 1), (5, 120, 48, True, nn.Hardswish, 1),
+            (5, 144, 48, True, nn.Hardswish, 1), (5, 288, 96, True, nn.Hardswish, 2),
+            (5, 576, 96, True, nn.Hardswish, 1), (5, 576, 96, True, nn.Hardswish, 1),
+        ],
+    }
+    CLASSIFIER_HIDDEN = {"large": 1280, "small": 1024}
+
+    def __init__(self, variant: str, num_classes: int = 1000, width_mult: float = 1.0, resolution: int = 224,
+                 dropout: float = 0.2):
+        super().__init__()
+        if variant not in self.SETTINGS:
+            raise ValueError(f"MobileNetV3 variant must be one of {sorted(self.SETTINGS)}, got {variant!r}")
+        settings = self.SETTINGS[variant]
+        small_input = resolution < 64
+        first_downsampling = next(i for i, setting in enumerate(settings) if setting[5] == 2)
+        norm = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.01)
+        c_in = make_divisible(16 * width_mult)
+        self.stem = ConvBNAct(3, c_in, 3, 1 if small_input else 2, act=nn.Hardswish, norm=norm)
+        blocks: list[nn.Module] = []
+        for index, (kernel, hidden, c, use_se, act, stride) in enumerate(settings):
+            c_hidden, c_out = make_divisible(hidden * width_mult), make_divisible(c * width_mult)
+            if small_input and index == first_downsampling:
+                stride = 1
+            se = SqueezeExcite(c_hidden, make_divisible(c_hidden // 4), gate=nn.Hardsigmoid) if use_se else None
+            blocks.append(InvertedResidual(c_in, c_hidden, c_out, stride, act=act, expand=c_hidden != c_in,
+                                           kernel=kernel, se=se, norm=norm))
+            c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.last = ConvBNAct(c_in, 6 * c_in, 1, act=nn.Hardswish, norm=norm)
+        self.head = Classifier(6 * c_in, num_classes, dropout,
+                               hidden=make_divisible(self.CLASSIFIER_HIDDEN[variant] * width_mult))
 
     def forward(self, x):
         return self.head(self.last(self.blocks(self.stem(x))))
