@@ -15,7 +15,8 @@ search.json (kind "hwbcnet.search", schema_version 1):
     space       the width space; `checkpoint` {path, sha256} of the supernet; `data`, `device`, `lut`
     top         the final top-k [{code, score, search_score, costs}] (score: final fidelity, search_score: the
                 search's); `history` per generation; `seed`, `init`, `evolution`
-    scoring     {bn_images, final_bn_images, val_images, threads, seconds, queries, archs_per_s}
+    scoring     {bn_images, final_bn_images, val_images, threads, queries_this_run, search_seconds,
+                rescore_seconds, seconds, archs_per_s}: the scorer's fidelity and where this run's time went
     verification  with --verify: {status "met" | "unmet", rounds [{arch, predicted_ms, measured_ms, budget_ms,
                 status, ...}], message}; `arch` is then the pick that measured inside the window
 The evolution state is kept next to it (search.state.json) so a killed search resumes.
@@ -36,7 +37,7 @@ from hwbcnet.costs.flops import flops_cost, params_cost
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.fileio import atomic_write_json, file_sha256, read_json
 from hwbcnet.search.constraints import Constraints
-from hwbcnet.search.defaults import DEFAULT_BN_BATCHES, FINAL_BN_BATCHES
+from hwbcnet.search.defaults import DEFAULT_BN_BATCHES, DEFAULT_GENERATIONS, DEFAULT_SCREEN, FINAL_BN_BATCHES
 from hwbcnet.search.evolution import EvolutionConfig, EvolutionSearch
 from hwbcnet.search.latency_loop import LoopConfig, close_latency_loop
 from hwbcnet.search.prior import fit_prior
@@ -149,7 +150,7 @@ def run_search(checkpoint: str | Path, out: str | Path, *, flops=None, params=No
 
 def auto_threads(dist=None) -> int:
     """Torch threads for scoring on this machine now: one per core that other processes leave idle (at least one).
-    Two threads on a 2-core machine whose other core is busy score ~2x slower than one (they wait on each other)."""
+    Two threads on a 2-core machine whose other core is busy wait on each other and score slower than one."""
     import torch
 
     from hwbcnet.hardware.machine import busy_cores
@@ -198,7 +199,8 @@ def _run_search(checkpoint, out, *, flops, params, latency, device, lut_path, lo
         final_data = final_data.to(compute) if final_data is not None else None
     details: dict = {}
     out = Path(out)
-    config = evolution or EvolutionConfig()
+    # the command line's defaults: few generations, screened children (docs/benchmarks.md, "Search speed")
+    config = evolution or EvolutionConfig(generations=DEFAULT_GENERATIONS, screen=DEFAULT_SCREEN)
     show = progress and (dist is None or dist.rank == 0)
     fitness = supernet_fitness(supernet, eval_data, reduce, details)
     columns = [TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("best {task.fields[best]:.2f}"),

@@ -4,7 +4,8 @@ the left and right paths; ``ua`` uses the left path only.
 
 Where the time goes (resnet20 on digits at 32 px, one core): BN recalibration on 1,258 training images is ~83 % of
 an arch's score, the 270 validation images the rest; activating a path is negligible. Scoring therefore runs in
-inference mode on channels-last batches (same scores, ~1.4x faster on CPU), and the search scores candidates with
+inference mode on channels-last batches (the same scores up to float rounding: 59 of 60 archs identical
+in a check, one a single validation image apart; ~1.4x faster on CPU), and the search scores candidates with
 few calibration batches and re-scores only its final top-k with many (see hwbcnet/search/runner.py)."""
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class EvalData:
         return cls(calibration, validation)
 
     def to(self, device) -> "EvalData":
-        """The batches on `device`; images channels-last on CPU, where the convolutions run faster that way with
-        identical results."""
+        """The batches on `device`; images channels-last on CPU, where the convolutions run faster that way (same
+        results up to float rounding)."""
         device = torch.device(device)
         layout = torch.channels_last if device.type == "cpu" else torch.preserve_format
 
