@@ -64,3 +64,18 @@ def format_count(value: float) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.2f}{suffix}"
     return f"{value:.0f}"
+
+
+def read_margin(text: str) -> float | None:
+    """A latency guard band: `auto` (None: derived from the LUT calibration's residuals by the search), a
+    percentage such as `3%`, or a fraction such as 0 or 0.03. A ValueError says what is allowed."""
+    raw = text.strip()
+    if raw == "auto":
+        return None
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise ValueError("expected auto, a percentage such as 3%, or 0") from None
+    if not 0 <= value < 1:
+        raise ValueError("expected auto, or a guard band from 0% up to (not including) 100%")
+    return value

@@ -15,9 +15,10 @@ from typing import List, Optional
 import typer
 from typer.core import TyperGroup
 
-from hwbcnet.cli_options import (ARCH, CALIB, DATA, DEVICE, MODEL, MODEL_KWARGS, MODULE_GLOB, Budget, Choice,
-                                 ExistingFile, Float, Int, OutputDir, OutputFile)
+from hwbcnet.cli_options import (ARCH, CALIB, DATA, DEVICE, MARGIN, MODEL, MODEL_KWARGS, MODULE_GLOB, Budget,
+                                 Choice, ExistingFile, Float, Int, OutputDir, OutputFile)
 from hwbcnet.errors import HwbcnetError, MissingRuntimeError
+from hwbcnet.search.defaults import DEFAULT_BN_BATCHES, DEFAULT_GENERATIONS, DEFAULT_SCREEN, FINAL_BN_BATCHES
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click import exceptions as click_exceptions
@@ -221,33 +222,67 @@ def search(
     device: Optional[str] = DEVICE.option(None, "--device", "-d", help="Device profile whose LUT predicts latency."),
     lut: Optional[Path] = LutOpt,
     lower: float = LOWER.option(0.8, "--lower", help="Legal window is \\[lower x budget, budget] for every cost."),
+    margin: str = MARGIN.option("auto", "--margin", help="Latency guard band: keep predicted latency <= (1 - margin) "
+                                "x budget. auto = 1.645 x the robust spread (1.4826 x median) of the LUT "
+                                "calibration's relative residuals (0 when uncalibrated); or a percentage such as 3%, "
+                                "or 0."),
     init: str = Choice("prior", "random").option("prior", "--init", help="Initial population."),
     population: int = Int(2, 10_000).option(50, "--population", help="Archs per generation."),
-    generations: int = Int(1, 10_000).option(40, "--generations", help="Generations of the evolution."),
-    top_k: int = Int(1, 1_000).option(10, "--top-k", help="Size of the elitist archive that parents come from."),
+    generations: int = Int(1, 10_000).option(DEFAULT_GENERATIONS, "--generations", help="Generations of the "
+                                             "evolution."),
+    top_k: int = Int(1, 1_000).option(10, "--top-k", help="Elite archive size; the final top-k are re-scored "
+                                      "(--final-bn-batches)."),
+    screen: int = Int(1, 100).option(DEFAULT_SCREEN, "--screen", help="Draw SCREEN x the children per generation and "
+                                     "let an accuracy predictor fitted on the scores so far choose which ones the "
+                                     "supernet scores (1 = off)."),
     seed: int = SEED.option(0, "--seed", help="Seed of the search."),
-    calibration_batches: int = Int(1, 10_000).option(20, "--bn-batches", help="Training batches for per-path BN "
-                                                     "recalibration."),
+    calibration_batches: int = Int(1, 10_000).option(DEFAULT_BN_BATCHES, "--bn-batches", help="Training batches (of "
+                                                     "128) for per-path BN recalibration while searching."),
+    final_calibration_batches: int = Int(1, 10_000).option(FINAL_BN_BATCHES, "--final-bn-batches", help="BN batches "
+                                                           "for re-scoring the final top-k; the pick is the best of "
+                                                           "them."),
+    threads: Optional[int] = Int(1, 1_024).option(None, "--threads", help="Torch CPU threads for scoring (default: "
+                                                  "one per core; 1 is faster when another job keeps a core busy)."),
+    verify: bool = typer.Option(False, "--verify", help="Export and time the pick on --device; on a miss refit the "
+                                "LUT calibration, re-rank and re-search (exit code 1 if the budget cannot be met)."),
+    verify_rounds: int = Int(1, 100).option(3, "--verify-rounds", help="With --verify: picks measured at most."),
+    verify_repeats: int = REPEATS.option(3, "--verify-repeats", help="With --verify: interleaved timing rounds per "
+                                         "model."),
 ):
     """Evolutionary width search under budgets, scored by the supernet (resumable)."""
     from hwbcnet.reporting import console, table
     from hwbcnet.search.evolution import EvolutionConfig
+    from hwbcnet.search.latency_loop import LoopConfig
     from hwbcnet.search.runner import run_search
     from hwbcnet.training.distributed import DistContext
 
     evolution = EvolutionConfig(population=population, generations=generations, top_k=top_k,
-                                mutations=population // 2, crossovers=population - population // 2)
+                                mutations=population // 2, crossovers=population - population // 2, screen=screen)
     with DistContext.from_environment() as dist:
         result = run_search(checkpoint, out, flops=flops, params=params, latency=latency, device=device, lut_path=lut,
-                            lower=lower, init=init, evolution=evolution, seed=seed,
-                            calibration_batches=calibration_batches, dist=dist)
+                            lower=lower, margin=margin, init=init, evolution=evolution, seed=seed,
+                            calibration_batches=calibration_batches,
+                            final_calibration_batches=final_calibration_batches, threads=threads, verify=verify,
+                            loop=LoopConfig(rounds=verify_rounds, repeats=verify_repeats), dist=dist)
     if dist is not None and dist.rank != 0:
         return
     cost_cols = ["flops", "params"] + (["latency_ms"] if "latency_ms" in result["costs"] else [])
     rows = [[i + 1, t["code"], t["score"], *[t["costs"][c] for c in cost_cols]] for i, t in enumerate(result["top"])]
     console.print(table(f"top-{len(rows)} ({', '.join(b['cost'] + ' <= ' + b['budget'] for b in result['budgets'])})",
                         ["rank", "arch", "score", *cost_cols], rows))
+    scoring = result["scoring"]
+    console.print(f"scored {scoring['queries_this_run']} archs in {scoring['search_seconds']:.0f} s "
+                  f"({scoring['archs_per_s'] or 0:.2f} archs/s), total {scoring['seconds']:.0f} s")
+    verification = result.get("verification")
+    if verification is not None:
+        console.print(table("latency verification", ["round", "arch", "predicted ms", "measured ms", "budget ms",
+                                                     "status"],
+                            [[r["round"], r["arch"], r["predicted_ms"], r["measured_ms"], r["budget_ms"], r["status"]]
+                             for r in verification["rounds"]]))
     console.print(f"chosen {result['arch']['code']}  score {result['score']:.2f}  -> {out}  (plot {result['pareto_png']})")
+    if verification is not None and verification["status"] != "met":
+        console.print(f"[red]hwbcnet: {verification['message']}[/red]")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -293,21 +328,63 @@ app.add_typer(bench_app, name="bench")
 @bench_app.command("cbm")
 def bench_cbm(
     space: str = Choice("resnet", "mobilenet").option("resnet", "--space", help="Channel-Bench-Macro space."),
-    flops: str = Budget("flops").option("50%", "--flops", help="FLOPs budget: 50% of full, or 300M."),
+    flops: Optional[str] = Budget("flops").option(None, "--flops", help="FLOPs budget (default 50%); not with "
+                                                  "--latency."),
+    latency: Optional[str] = Budget("latency").option(None, "--latency", help="Latency budget, e.g. 50% or 4ms: the "
+                                                      "latency bench on --device (evolution under the LUT vs a FLOPs "
+                                                      "proxy vs uniform width vs random, every pick timed on the "
+                                                      "device)."),
+    device: Optional[str] = DEVICE.option(None, "--device", "-d", help="With --latency: the device profile."),
+    lut: Optional[Path] = LUT_FILE.option(None, "--lut", help="With --latency: the calibrated LUT of the cbm model "
+                                          "(default: lut/<device>/cbm-<space>-32-b1.json)."),
+    margin: str = MARGIN.option("auto", "--margin", help="With --latency: guard band of the LUT-guided searches "
+                                "(auto, a percentage, or 0; see `hwbcnet search --help`)."),
+    repeats: int = REPEATS.option(5, "--repeats", help="With --latency: interleaved timing rounds per pick (median)."),
+    candidates: int = Int(1, 1_000).option(10, "--candidates", help="With --latency: most accurate archs measured to "
+                                           "confirm the window's optimum."),
     queries: int = Int(1, 1_000_000).option(500, "--queries", help="Oracle queries per method and seed."),
-    seeds: int = Int(1, 1_000).option(10, "--seeds", help="Repetitions of every method."),
-    lower: float = LOWER.option(0.8, "--lower", help="Legal window is \\[lower x budget, budget]."),
+    seeds: Optional[int] = Int(1, 1_000).option(None, "--seeds", help="Seeds per method (default 10; 5 with "
+                                                "--latency)."),
+    lower: Optional[float] = LOWER.option(None, "--lower", help="Window \\[lower x budget, budget] (default 0.8; 0.9 "
+                                          "with --latency, the hit window)."),
     checkpoint: Optional[Path] = CHECKPOINT.option(None, "--checkpoint", help="A cbm-* supernet: rank all archs with "
                                                    "it."),
     limit: Optional[int] = Int(2, 1_000_000).option(None, "--limit", help="With --checkpoint: score only this many "
                                                     "random archs."),
     as_json: bool = JsonOpt,
 ):
-    """Channel-Bench-Macro: evolution (prior/random init) vs random search with the ground truth as oracle."""
+    """Channel-Bench-Macro with the ground truth as oracle: search methods under a FLOPs or a latency budget."""
     from hwbcnet.reporting import console, table
-    from hwbcnet.search.cbm_bench import run_cbm_bench, supernet_ranking
+    from hwbcnet.search.cbm_bench import run_cbm_bench, run_cbm_latency_bench, supernet_ranking
 
-    result = run_cbm_bench(space, flops, queries, seeds, lower)
+    if latency is not None:
+        if flops is not None:
+            raise HwbcnetError("--flops and --latency are exclusive: the latency bench gives its FLOPs-proxy search "
+                               "the latency budget's fraction of the full model")
+        if device is None:
+            raise HwbcnetError("--latency needs --device (the device whose LUT predicts and whose runtime measures)")
+        seeds = 5 if seeds is None else seeds
+        result = run_cbm_latency_bench(space, latency, device, str(lut) if lut else None, queries=queries, seeds=seeds,
+                                       lower=0.9 if lower is None else lower, margin=margin, repeats=repeats,
+                                       candidates=candidates, progress=not as_json)
+        if as_json:
+            print(json.dumps(result))
+            return
+        best = result["best_in_window"]
+        rows = [[m, v["acc_mean"], v["acc_within_mean"] if v["acc_within_mean"] is not None else "-",
+                 f"{v['ratio_mean']:.3f} ({v['ratio_min']:.3f}..{v['ratio_max']:.3f})", f"{100 * v['hit_rate']:.0f} %",
+                 f"{100 * v['within_rate']:.0f} %", v["regret_mean"]] for m, v in result["methods"].items()]
+        console.print(table(f"CBM {space} on {result['device']}, latency <= {latency} = {result['budget_ms']:.3f} ms "
+                            f"(guard band {100 * result['margin']:.1f} %), {queries} queries x {seeds} seeds; best in "
+                            f"[0.9, 1] x budget {best['acc']:.2f} % ({'confirmed' if best['confirmed'] else 'LUT only'})",
+                            ["method", "GT acc %", "GT acc within budget %", "measured / budget", "hit",
+                             "within budget", "regret"], rows))
+        console.print(f"machine drift since calibration: calibration subnets measure "
+                      f"{result['drift']['measured_over_predicted_median']:.3f} x their prediction")
+        return
+    seeds = 10 if seeds is None else seeds
+    flops = flops or "50%"
+    result = run_cbm_bench(space, flops, queries, seeds, 0.8 if lower is None else lower)
     if checkpoint is not None:
         result["supernet_ranking"] = supernet_ranking(str(checkpoint), space, limit=limit)
     if as_json:
@@ -605,6 +682,8 @@ def verify(
         console.print(table(f"verify {model} on {result['device']}", ["metric", "value"], rows, justify_numbers=False))
         if not result["stable"]:
             console.print("[yellow]warning: the measurement was unstable (busy machine?); repeat it[/yellow]")
+        if result["load_warning"]:
+            console.print(f"[yellow]warning: {result['load_warning']}[/yellow]")
     if result["failed"]:
         raise typer.Exit(1)
 

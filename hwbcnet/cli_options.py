@@ -13,7 +13,7 @@ Convention (tests/test_cli_contract.py fails the suite for an option that does n
 * Numbers: Int / Float with their range. Paths: ExistingFile / ExistingDir for what is read, OutputFile / OutputDir
   for what is written (an existing path of the other kind, or one below a file, is refused), optionally with the
   suffixes the format needs. Fixed words: Choice. Budgets: Budget("latency"). Anything else: Text(check, metavar),
-  where `check(text)` returns the value or raises ValueError(what is allowed); MODEL, MODEL_KWARGS, MODULE_GLOB, ARCH, DATA, DEVICE and CALIB
+  where `check(text)` returns the value or raises ValueError(what is allowed); MODEL, MODEL_KWARGS, MODULE_GLOB, MARGIN, ARCH, DATA, DEVICE and CALIB
   below are Texts over the API's own syntax checks, so the command line and the API accept the same strings.
   A new type needs bad values in tests/test_cli_fuzz.py (bad_values), which then fuzzes every option using it.
 * bool flags take no value and need nothing.
@@ -300,6 +300,13 @@ def _module_glob(text: str) -> str:
     return text
 
 
+def _margin(text: str) -> str:
+    from hwbcnet.budgets import read_margin
+
+    read_margin(text)
+    return text
+
+
 def _arch(text: str) -> str:
     from hwbcnet.space.space import arch_form
 
@@ -340,6 +347,7 @@ def _calibration_images(text: str) -> str:
 MODEL = Text(_model, "MODEL")
 MODEL_KWARGS = Text(_model_kwargs, "JSON")
 MODULE_GLOB = Text(_module_glob, "GLOB")
+MARGIN = Text(_margin, "MARGIN")
 ARCH = Text(_arch, "ARCH")
 DATA = Text(_data, "SPEC")
 DEVICE = Text(_device, "DEVICE")

@@ -1,6 +1,7 @@
 """`hwbcnet quickstart`: the whole loop on the bundled digits data, each stage cached in its output folder.
 
-train a small bcnetv2 supernet -> build the CPU LUT and calibrate it -> search under a latency and a FLOPs budget ->
+train a small bcnetv2 supernet -> build the CPU LUT and calibrate it -> search under a latency and a FLOPs budget,
+then time the pick on the device and, on a miss, correct the LUT calibration and choose again (`search --verify`) ->
 extract and fine-tune -> export ONNX -> verify the measured latency against prediction and budget.
 A second run reuses every finished stage (the supernet checkpoint, the LUT, search.json, subnet.pt, model.onnx).
 """
@@ -90,7 +91,7 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
         result["pareto_png"] = str(search_file.with_name(search_file.stem + "-pareto.png"))
     else:
         result = run_search(checkpoint, search_file, latency=config.latency, flops=config.flops, device=config.device,
-                            lut_path=lut_file, evolution=evolution, calibration_batches=8)
+                            lut_path=lut_file, evolution=evolution, verify=True)
     timings["search"] = time.perf_counter() - started
 
     started = _stage("4/6 extract and fine-tune the subnet")
@@ -123,8 +124,11 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
     verified = verify(onnx_file, config.device, budget_ms=budget_ms, lut_path=lut_file)
     timings["verify"] = time.perf_counter() - started
 
+    verification = result.get("verification") or {}
     summary = {
-        "arch": result["arch"]["code"], "flops": result["costs"]["flops"], "params": result["costs"]["params"],
+        "arch": result["arch"]["code"], "verification": verification.get("status"),
+        "verification_rounds": len(verification.get("rounds", [])),
+        "flops": result["costs"]["flops"], "params": result["costs"]["params"],
         "predicted_ms": verified["predicted_ms"], "measured_ms": verified["measured_ms"], "budget_ms": budget_ms,
         "within_budget": verified["within_budget"], "supernet_score": result["score"],
         "val_accuracy": subnet["accuracy"]["val"], "test_accuracy": subnet["accuracy"]["test"],
@@ -136,8 +140,15 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
         ["params", f"{summary['params']:,}"],
         ["latency predicted / measured", f"{summary['predicted_ms']:.3f} / {summary['measured_ms']:.3f} ms"],
         ["latency budget", f"{budget_ms:.3f} ms ({'within' if summary['within_budget'] else 'OVER'})"],
+        ["search --verify", f"{summary['verification']} after {summary['verification_rounds']} round(s)"],
         ["supernet score (val %)", f"{summary['supernet_score']:.2f}"],
         ["fine-tuned accuracy val / test %", f"{summary['val_accuracy']:.2f} / {summary['test_accuracy']:.2f}"],
         ["Pareto plot", summary["pareto_png"]], ["ONNX model", summary["onnx"]],
         ["time per stage (s)", ", ".join(f"{k} {v:.0f}" for k, v in timings.items())]], justify_numbers=False))
+    if verified["load_warning"]:
+        console.print(f"[yellow]warning: {verified['load_warning']}[/yellow]")
+    if summary["within_budget"] is False and summary["verification"] == "met":
+        console.print("[yellow]the exported model measures over its budget although its pick measured within it: "
+                      "the machine's speed changed between the two measurements; run `hwbcnet verify` again on a "
+                      "quiet machine, or search again with --verify[/yellow]")
     return summary

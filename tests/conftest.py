@@ -21,3 +21,9 @@ settings.load_profile("ci")  # before pytest_configure, so --hypothesis-profile 
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def short_load_samples(monkeypatch):
+    """Sampling the machine's busy cores sleeps half a second per measurement; tests need no accurate load."""
+    monkeypatch.setattr("hwbcnet.hardware.machine.BUSY_SAMPLE_SECONDS", 0.01)

@@ -120,3 +120,37 @@ class FakeBackend:
         value = 0.01 + len(model.graph.output) * per_copy_ms(model)
         samples = value * (1 + 0.001 * np.linspace(-1.0, 1.0, 50))  # median exactly `value`
         return summarize(samples, (policy or profile.model_timing).stability_threshold)
+
+
+def conv_ms(c_out: int) -> float:
+    """The fake time of one convolution: proportional to its output channels."""
+    return 0.001 * c_out
+
+
+class ShiftingSpeedBackend(FakeBackend):
+    """End-to-end time of an exported model = a_ms + b * (sum of conv_ms over its convolutions), times a speed
+    factor that the test changes at will (a machine that got slower or faster since its LUT was calibrated).
+    A LUT whose conv cells hold conv_ms (see conv_lut) then predicts it exactly at factor 1 after calibration."""
+
+    def __init__(self, a_ms: float = 0.25, b: float = 1.5, factor: float = 1.0):
+        super().__init__()
+        self.a_ms, self.b, self.factor = a_ms, b, factor
+
+    def measure(self, onnx_bytes, profile, policy=None):
+        self.calls += 1
+        model = onnx.load_from_string(onnx_bytes)
+        shapes = {init.name: init.dims for init in model.graph.initializer}
+        total = sum(conv_ms(shapes[node.input[1]][0]) for node in model.graph.node if node.op_type == "Conv")
+        return summarize([self.factor * (self.a_ms + self.b * total)] * 50, 0.05)
+
+
+def conv_lut(path, space, profile):
+    """A complete LUT of `space` whose conv cells take conv_ms(out channels) and every other cell 0 ms."""
+    from hwbcnet.hardware.cells import enumerate_cells
+    from hwbcnet.hardware.lut import Lut
+
+    lut = Lut.new(path, space, profile, {"device": "fake-cpu", "clock_state": {"load_average": [0.1, 0.1, 0.1]}})
+    for cell in enumerate_cells(space):
+        lut.cells[lut.key(cell)] = {"median_ms": conv_ms(cell.c_out) if cell.kind == "conv" else 0.0, "stable": True}
+    lut.save()
+    return lut

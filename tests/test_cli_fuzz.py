@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 
 from cli_walk import commands, options
 from hwbcnet.cli import app, main
-from hwbcnet.cli_options import (ARCH, CALIB, DATA, DEVICE, MODEL, MODEL_KWARGS, MODULE_GLOB, Budget, Choice,
-                                 ExistingDir, ExistingFile, Float, Int, OutputDir, OutputFile)
+from hwbcnet.cli_options import (ARCH, CALIB, DATA, DEVICE, MARGIN, MODEL, MODEL_KWARGS, MODULE_GLOB, Budget,
+                                 Choice, ExistingDir, ExistingFile, Float, Int, OutputDir, OutputFile)
 from hwbcnet.data.specs import parse_data_spec
 from hwbcnet.space.space import arch_form
 
@@ -239,6 +239,7 @@ def bad_values(value_type, root: Path):
                  f"{s}/folder:build"], MODEL.parse),
         MODEL_KWARGS: (["{", "[1, 2]", "1", '"x"', "null", '{"num_classes": 5}', "{'a': 1}", "{a: 1}"],
                        MODEL_KWARGS.parse),
+        MARGIN: (["", "Auto", "-1%", "100%", "1", "nan", "inf%", "3 %%", "x%"], MARGIN.parse),
         MODULE_GLOB: (["", " ", "\t", " features.*", "features.* "], MODULE_GLOB.parse),
         ARCH: (["-1", "1,-2", "4.5", "1,,2", ",", "4,", ",4", "\uff14\uff14", "\u00b2", "a", "full width", "FULL",
                 "4 4", f"{s}/missing.json", f"{s}/folder.json", "1e3"], arch_form),

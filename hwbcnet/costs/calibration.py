@@ -17,6 +17,7 @@ from hwbcnet.costs.latency import LatencyCost, fit_calibration
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.hardware.backends.base import Backend, get_backend
 from hwbcnet.hardware.lut import Lut, lut_path
+from hwbcnet.hardware.machine import machine_conditions
 from hwbcnet.hardware.profiles import Profile
 
 
@@ -61,16 +62,62 @@ def _calibration_archs(space, samples: int, seed: int) -> np.ndarray:
                            space.random_archs(np.random.default_rng(seed), samples - 2)])
 
 
-def _store_calibration(lut: Lut, space, archs: np.ndarray, sums: np.ndarray, measured: np.ndarray) -> dict:
+def _store_calibration(lut: Lut, space, archs: np.ndarray, sums: np.ndarray, measured: np.ndarray, source: str,
+                       conditions: dict, point_sources: list[str] | None = None, provenance: dict | None = None) -> dict:
     if np.unique(sums).size < 2:
         raise HwbcnetError(f"the {space.model} space gives every calibration subnet the same predicted latency; "
                            "calibration needs a space with more than one width per variable")
     a, b, residuals = fit_calibration(sums, measured)
     fitted_on = [{"arch": space.format_arch(arch), "cell_sum_ms": float(s), "measured_ms": float(m)}
                  for arch, s, m in zip(archs, sums, measured)]
-    lut.set_calibration(a, b, fitted_on, residuals)
+    for point, point_source in zip(fitted_on, point_sources or []):
+        point["source"] = point_source
+    lut.set_calibration(a, b, fitted_on, residuals, {"source": source, **conditions, **(provenance or {})})
     lut.save()
     return lut.calibration
+
+
+def refit_calibration(lut: Lut, space, archs: np.ndarray, measured_ms: np.ndarray, point_sources: list[str],
+                      conditions: dict, provenance: dict) -> dict:
+    """Replace the LUT's calibration by a fit on fresh end-to-end measurements (e.g. calibration subnets and a
+    search's picks, measured in the same interleaved rounds under `conditions`, see machine_conditions); the fit it
+    replaces stays in its history."""
+    sums = LatencyCost(space, lut).cell_sum(archs)
+    return _store_calibration(lut, space, archs, sums, np.asarray(measured_ms, dtype=np.float64),
+                              provenance.get("source", "refit"), conditions, point_sources, provenance)
+
+
+def anchor_archs(space, lut: Lut, count: int, seed: int = 0) -> np.ndarray:
+    """Up to `count` subnets that span the latency range, for re-measuring a calibration: the archs the LUT's
+    calibration was fitted on (evenly spaced by their cell sum, the ends kept), or the full, the minimum and random
+    archs when it has none."""
+    calibration = lut.calibration
+    if not calibration or not calibration.get("fitted_on"):
+        return _calibration_archs(space, count, seed)
+    points = sorted(calibration["fitted_on"], key=lambda point: point["cell_sum_ms"])
+    archs, seen = [], set()
+    for index in np.unique(np.linspace(0, len(points) - 1, min(count, len(points))).round().astype(int)):
+        arch = space.parse_arch(points[index]["arch"])
+        if tuple(arch) not in seen:
+            seen.add(tuple(arch))
+            archs.append(arch)
+    return np.array(archs, dtype=np.int64)
+
+
+def prediction_margin(calibration: dict | None, z: float = 1.645) -> float:
+    """A guard band for latency budgets from the calibration's own error: z x a robust spread of its relative
+    residuals, 1.4826 x the median of |measured - fitted| / measured over the points it was fitted on (the normal
+    sigma for normal errors). Robust, because the line T = a + b x sum often misses the smallest arch by tens of
+    percent (a tiny model is all fixed overhead) while no budget sits there. z = 1.645 leaves ~5 % of picks at the
+    top of a search window over budget when the errors are normal. 0 for an uncalibrated LUT or a fit on fewer
+    than 3 points."""
+    points = (calibration or {}).get("fitted_on") or []
+    if len(points) < 3:
+        return 0.0
+    sums = np.array([point["cell_sum_ms"] for point in points])
+    measured = np.array([point["measured_ms"] for point in points])
+    relative = (measured - (calibration["a_ms"] + calibration["b"] * sums)) / measured
+    return float(z * 1.4826 * np.median(np.abs(relative)))
 
 
 def calibrate_lut(space, profile: Profile, path: str | Path | None = None, *, samples: int = 12, seed: int = 0,
@@ -79,9 +126,11 @@ def calibrate_lut(space, profile: Profile, path: str | Path | None = None, *, sa
     least squares and store it in the LUT. Returns the calibration record."""
     archs = _calibration_archs(space, samples, seed)
     lut = _load(space, profile, path)
+    conditions = machine_conditions()
     measured = np.median(measure_archs(space, profile, archs, repeats=repeats, seed=seed, backend=backend,
                                        progress=progress), axis=1)
-    return _store_calibration(lut, space, archs, LatencyCost(space, lut).cell_sum(archs), measured)
+    return _store_calibration(lut, space, archs, LatencyCost(space, lut).cell_sum(archs), measured, "lut calibrate",
+                              conditions)
 
 
 def accuracy(predicted, measured) -> dict:
@@ -112,11 +161,13 @@ def validate_lut(space, profile: Profile, path: str | Path | None = None, *, sam
     cost = LatencyCost(space, lut)
     archs = space.random_archs(np.random.default_rng(seed), samples)
     calibration_archs = _calibration_archs(space, calibrate, seed + 1000) if calibrate else archs[:0]
+    conditions = machine_conditions()
     times = measure_archs(space, profile, np.concatenate([calibration_archs, archs]), repeats=repeats, seed=seed,
                           backend=backend, progress=progress)
     measured = np.median(times, axis=1)
     if calibrate:
-        _store_calibration(lut, space, calibration_archs, cost.cell_sum(calibration_archs), measured[:calibrate])
+        _store_calibration(lut, space, calibration_archs, cost.cell_sum(calibration_archs), measured[:calibrate],
+                           "lut validate --calibrate", conditions)
         cost = LatencyCost(space, lut)
         times, measured = times[calibrate:], measured[calibrate:]
     predicted = cost(archs)

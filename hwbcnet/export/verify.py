@@ -8,6 +8,11 @@ builder. A TensorRT engine file is timed as it is (no rebuild), after checking t
 TensorRT for this GPU. The prediction comes from the arch and space recorded in the ONNX metadata (for an engine:
 its `<engine>.json`) and the device's LUT (calibrated T = a + b * sum of cells when the LUT has a calibration),
 or, without a LUT or torch here, from the prediction recorded at export time for the same device.
+
+The machine's load, sampled before timing, is held against the load the LUT recorded when it was calibrated: the
+cores other processes keep busy (hwbcnet.hardware.machine.busy_cores) where the calibration recorded them, else
+the 1-minute load average (also what a LUT without a calibration recorded when its cells were measured). When the
+two differ by more than LOAD_TOLERANCE the measurement is not comparable with the prediction, and verify says so.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from hwbcnet.errors import HwbcnetError
 from hwbcnet.export.onnx_export import load_onnx, read_export_metadata
 from hwbcnet.export.tensorrt_export import fixed_batch, is_engine, prepare_onnx, read_engine
 
+LOAD_TOLERANCE = 0.5  # busy cores (or runnable tasks): half a core of other work
+
 
 def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = None,
            lut_path: str | Path | None = None, strict: bool = False, backend=None) -> dict:
@@ -31,12 +38,14 @@ def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = N
     error_pct = 100 (predicted - measured) / measured, budget_ms, within_budget (None without a budget) and
     `failed`: True when `strict` and the measurement is over budget (the CLI exits 1 then)."""
     from hwbcnet.hardware.backends import get_backend
+    from hwbcnet.hardware.machine import machine_conditions
     from hwbcnet.hardware.profiler import measure_model
     from hwbcnet.hardware.profiles import Profile, load_profile
 
     profile = profile if isinstance(profile, Profile) else load_profile(profile)
     budget = _budget_ms(budget_ms)
     model_path = Path(model_path)
+    load_now = machine_conditions()  # before timing: our own work must not count as load
     engine = is_engine(model_path)
     if engine:
         if profile.backend != "tensorrt":
@@ -61,6 +70,7 @@ def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = N
         mismatch = None
         stats = measure_model(model.SerializeToString(), profile, backend)
     predicted, note = (None, mismatch) if mismatch else predict_latency(metadata, profile, lut_path)
+    load = compare_load(load_now, _lut_file(metadata, profile, lut_path))
     within = None if budget is None else stats.median <= budget
     return {
         "model_path": str(model_path),
@@ -83,7 +93,63 @@ def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = N
         "within_budget": within,
         "strict": strict,
         "failed": bool(strict and within is False),
+        **load,
     }
+
+
+def _lut_file(metadata: dict, profile, lut_path) -> Path | None:
+    """The LUT the prediction comes from, for its recorded load; None where it cannot be named (no metadata, or no
+    torch here to name the model's source)."""
+    import json
+
+    from hwbcnet.hardware.lut import lut_path as default_lut_path
+
+    if lut_path:
+        return Path(lut_path)
+    space = metadata.get("space") if metadata else None
+    if not space:
+        return None
+    try:
+        from hwbcnet.space.models.sources import ModelSource
+    except ImportError:
+        return None
+    slug = ModelSource(space["model"], json.dumps(space.get("model_kwargs") or {}, sort_keys=True)).slug
+    return default_lut_path(profile.name, slug, space["resolution"], profile.batch)
+
+
+def compare_load(now: dict, lut_file: Path | None) -> dict:
+    """{load_now, load_lut, load_comparable, load_warning}: the machine's load now (machine_conditions) against the
+    load recorded in the LUT, at its calibration if it has one, else when its cells were measured."""
+    import json
+
+    recorded, when = {}, None
+    if lut_file is not None and Path(lut_file).is_file():
+        try:
+            data = json.loads(Path(lut_file).read_text())
+        except (OSError, ValueError):
+            data = {}
+        provenance = (data.get("calibration") or {}).get("provenance") or {}
+        recorded = {key: provenance[key] for key in ("load_average", "busy_cores") if provenance.get(key) is not None}
+        when = "calibrated"
+        if not recorded:
+            recorded = {"load_average": ((data.get("provenance") or {}).get("clock_state") or {}).get("load_average")}
+            when = "profiled"
+    result = {"load_now": now, "load_lut": recorded or None, "load_comparable": None, "load_warning": None}
+    if now.get("busy_cores") is not None and recorded.get("busy_cores") is not None:
+        then_value, now_value, what = recorded["busy_cores"], now["busy_cores"], "cores busy with other work"
+    elif now.get("load_average") and recorded.get("load_average"):
+        then_value, now_value, what = recorded["load_average"][0], now["load_average"][0], "1-minute load average"
+    else:
+        return result
+    comparable = abs(now_value - then_value) <= LOAD_TOLERANCE
+    result["load_comparable"] = comparable
+    if not comparable:
+        busier = "busier" if now_value > then_value else "quieter"
+        result["load_warning"] = (f"the machine is {busier} than when the LUT was {when} ({what}: {now_value:.2f} "
+                                  f"now, {then_value:.2f} then): this measurement is not comparable with the "
+                                  "prediction; verify again under the LUT's conditions, or recalibrate "
+                                  "(`hwbcnet lut calibrate`) under these")
+    return result
 
 
 def _engine_mismatch(path: Path, sidecar: dict | None, profile, environment: dict) -> str | None:

@@ -19,7 +19,8 @@ cell (so a killed `hwbcnet profile` resumes where it stopped). Layout (schema_ve
                   {"median_ms": ..., "p10_ms", "p25_ms", "p75_ms", "p90_ms", "iqr_ms", "n", "stable",
                    "outliers", "isolated_ms", "intercept_ms", "passes_ms": [...]}},
       "partial": {key: [pass record, ...]},      # cells with fewer passes than required (resume state)
-      "calibration": {"a_ms": ..., "b": ..., "n": 12, "fitted_on": [...], "residuals": {...}, "date": ...} | null,
+      "calibration": {"a_ms": ..., "b": ..., "n": 12, "fitted_on": [...], "residuals": {...}, "date": ...,
+                      "provenance": {"source": ..., "load_average": [...], ...}, "history": [earlier fits]} | null,
       "build": {"measure_seconds": ...}
     }
 
@@ -192,10 +193,19 @@ class Lut:
     def calibration(self) -> dict | None:
         return self.data.get("calibration")
 
-    def set_calibration(self, a_ms: float, b: float, fitted_on: list[dict], residuals: dict) -> None:
+    def set_calibration(self, a_ms: float, b: float, fitted_on: list[dict], residuals: dict,
+                        provenance: dict | None = None) -> None:
+        """Store a new fit. `provenance` says what produced it (source command, machine load, ...); the fits it
+        replaces are kept, newest last, in `history` (without their points)."""
+        previous = self.data.get("calibration")
+        history = []
+        if previous:
+            history = previous.get("history", []) + [
+                {key: previous.get(key) for key in ("a_ms", "b", "n", "residuals", "date", "provenance")}]
         self.data["calibration"] = {
             "a_ms": float(a_ms), "b": float(b), "n": len(fitted_on), "fitted_on": fitted_on, "residuals": residuals,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "provenance": provenance or {}, "history": history,
         }
 
     def save(self) -> Path:

@@ -6,6 +6,9 @@ the pick's ground-truth mean accuracy, its rank among all in-budget archs (1 = b
 in-budget arch, and wins/ties/losses against random search on the same seed. Without loss records the "prior" is
 the FLOPs-only prior (section 5 with E = 0): a per-variable distribution whose expected FLOPs sit in the window.
 
+`run_cbm_latency_bench` is the latency-constrained version: the budget is a latency on a device, predicted by the
+device's calibrated LUT of the cbm model, and every pick is measured end to end on the device (see its docstring).
+
 With a supernet checkpoint trained on CIFAR-10 with a cbm-* model, `supernet_ranking` scores every arch with the
 supernet and reports Kendall tau and Spearman rho against the ground truth.
 """
@@ -18,7 +21,7 @@ from importlib import resources
 
 import numpy as np
 
-from hwbcnet.budgets import parse_budget
+from hwbcnet.budgets import Budget, parse_budget
 from hwbcnet.costs.flops import flops_cost
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.search.constraints import Constraints
@@ -97,6 +100,145 @@ def run_cbm_bench(space_name: str = "resnet", flops: str = "50%", queries: int =
         }
     return {"space": space_name, "flops_budget": flops, "window": constraints.describe(), "queries": queries,
             "seeds": seeds, "in_budget": int(legal.sum()), "best_in_budget": best, "methods": methods}
+
+
+HIT_LOW = 0.9  # a pick hits its budget B when it measures within [0.9 B, B]
+
+
+def _widest_uniform(space, cost, high: float) -> np.ndarray | None:
+    """The widest arch with every variable at the same width whose predicted cost is within `high`."""
+    for width in reversed(space.choices):
+        arch = np.full(space.num_vars, width, dtype=np.int64)
+        if cost(arch[None])[0] <= high:
+            return arch
+    return None
+
+
+def run_cbm_latency_bench(space_name: str = "resnet", latency: str = "50%", device: str = "cpu",
+                          lut_path: str | None = None, queries: int = 500, seeds: int = 5, lower: float = HIT_LOW,
+                          margin: str | float = "auto", repeats: int = 5, candidates: int = 10,
+                          evolution: EvolutionConfig | None = None, backend=None, progress: bool = True) -> dict:
+    """Channel-Bench-Macro under a latency budget on a device, with the benchmark's accuracy as the oracle.
+
+    The budget B resolves against the LUT-predicted latency of the full arch. Methods, each with `queries` oracle
+    queries per seed: evolution under the LUT latency window [lower x B, (1 - margin) x B] from the latency prior,
+    the same from uniform draws, the same with the predictor screen (4x children), the same without the guard band,
+    evolution under a FLOPs window of the same fraction of the full model's FLOPs (a user without a LUT), random
+    search in the LUT window, and the widest uniform width predicted within B (one pick). Every distinct pick is then
+    built standalone, exported to ONNX and timed on the device, `repeats` interleaved rounds, median, together with
+    the best candidates for the window's ground-truth optimum: the `candidates` most accurate archs whose predicted
+    latency lies within 5 % of [0.9 B, B]; the confirmed optimum is the most accurate of them that measures inside
+    [0.9 B, B]. Per pick: GT accuracy, measured / B, hit (measured in [0.9 B, B]) and regret against that optimum.
+    A few of the LUT's calibration subnets are measured in the same rounds: their measured / predicted ratio is the
+    drift of the machine since the calibration."""
+    from hwbcnet.costs.calibration import anchor_archs, measure_archs
+    from hwbcnet.costs.latency import latency_cost_for
+    from hwbcnet.hardware.profiles import load_profile
+    from hwbcnet.search.runner import parse_margin
+
+    if repeats < 1 or candidates < 1 or seeds < 1 or queries < 1:
+        raise HwbcnetError("--repeats, --candidates, --seeds and --queries must be at least 1")
+    gt = load_ground_truth(space_name)
+    space = build_space(SPACES[space_name])
+    profile = load_profile(device)
+    cost = latency_cost_for(space, device, lut_path)
+    if not cost.calibrated:
+        raise HwbcnetError(f"{cost.lut.path} has no calibration; run `hwbcnet lut calibrate --device {device} "
+                           f"--model {space.model}` first (the bench compares predictions with measurements)")
+    budget = parse_budget("latency", latency)
+    full_ms = float(cost(space.full_arch()[None])[0])
+    high = budget.resolve(full_ms)
+    guard = parse_margin(margin, cost)
+    lut_window = Constraints(space, [(cost, budget)], lower, {"latency": guard})
+    lut_window.check_satisfiable(np.random.default_rng(0))
+    no_guard = Constraints(space, [(cost, budget)], lower)
+    fraction = high / full_ms
+    flops_window = Constraints(space, [(flops_cost(space), Budget("flops", fraction=min(fraction, 1.0),
+                                                                  text=f"{100 * fraction:.1f}%"))], lower)
+
+    all_archs = space.all_archs()
+    mean_acc = np.array([gt[space.format_arch(a)]["mean"] for a in all_archs])
+    predicted_all = cost(all_archs)
+    lookup = {tuple(a): acc for a, acc in zip(all_archs.tolist(), mean_acc)}
+
+    def oracle(archs):
+        return np.array([lookup[tuple(a)] for a in np.asarray(archs).tolist()])
+
+    config = evolution or EvolutionConfig()
+    config = EvolutionConfig(**{**config.__dict__, "max_queries": queries,
+                                "generations": max(config.generations, -(-queries // config.population) + 1)})
+    screened = EvolutionConfig(**{**config.__dict__, "screen": 4})
+    lut_prior = fit_prior(space, lut_window, [], seed=0)
+    methods = {  # name -> (constraints, prior, config) for the evolution methods
+        "lut-evolution-prior": (lut_window, lut_prior, config),
+        "lut-evolution-random": (lut_window, None, config),
+        "lut-evolution-prior+predictor": (lut_window, lut_prior, screened),
+        "lut-evolution-prior, no guard band": (no_guard, fit_prior(space, no_guard, [], seed=0), config),
+        "flops-evolution-prior": (flops_window, fit_prior(space, flops_window, [], seed=0), config),
+    }
+    picks: dict[str, list[tuple]] = {name: [] for name in [*methods, "lut-random", "uniform"]}
+    for seed in range(seeds):
+        for name, (constraints, probs, cfg) in methods.items():
+            outcome = EvolutionSearch(space, constraints, oracle, probs, cfg, seed=seed).run(resume=False)
+            picks[name].append(tuple(int(c) for c in outcome.best))
+        arch, _ = _random_search(space, lut_window, oracle, queries, np.random.default_rng(10_000 + seed))
+        picks["lut-random"].append(tuple(int(c) for c in arch))
+    uniform = _widest_uniform(space, cost, high)
+    if uniform is not None:
+        picks["uniform"] = [tuple(int(c) for c in uniform)] * seeds
+    else:
+        picks.pop("uniform")
+
+    # the window's optimum: the most accurate archs predicted near [0.9 B, B], confirmed by measuring them
+    near = (predicted_all >= 0.95 * HIT_LOW * high) & (predicted_all <= 1.05 * high)
+    order = np.flatnonzero(near)[np.argsort(-mean_acc[near], kind="stable")][:candidates]
+    candidate_keys = [tuple(int(c) for c in all_archs[i]) for i in order]
+    in_window_predicted = (predicted_all >= HIT_LOW * high) & (predicted_all <= high)
+    anchors = [tuple(int(c) for c in a) for a in anchor_archs(space, cost.lut, 6)]
+    to_measure = list(dict.fromkeys([key for keys in picks.values() for key in keys] + candidate_keys + anchors))
+    times = measure_archs(space, profile, np.array(to_measure, dtype=np.int64), repeats=repeats, backend=backend,
+                          progress=progress)
+    measured = dict(zip(to_measure, np.median(times, axis=1).tolist()))
+    predicted = dict(zip(to_measure, cost(np.array(to_measure, dtype=np.int64)).tolist()))
+    confirmed = [key for key in candidate_keys if HIT_LOW * high <= measured[key] <= high]
+    best_key = max(confirmed, key=lambda key: (lookup[key], key)) if confirmed else None
+    best = lookup[best_key] if best_key is not None else float(mean_acc[in_window_predicted].max())
+
+    results = {}
+    for name, keys in picks.items():
+        rows = [{"seed": seed, "arch": space.format_arch(key), "acc": float(lookup[key]),
+                 "predicted_ms": predicted[key], "measured_ms": measured[key], "ratio": measured[key] / high,
+                 "hit": bool(HIT_LOW * high <= measured[key] <= high), "within_budget": bool(measured[key] <= high),
+                 "regret": float(best - lookup[key])} for seed, key in enumerate(keys)]
+        accs = np.array([r["acc"] for r in rows])
+        ratios = np.array([r["ratio"] for r in rows])
+        within = np.array([r["within_budget"] for r in rows])
+        results[name] = {
+            "acc_mean": float(accs.mean()), "acc_std": float(accs.std()),
+            "ratio_mean": float(ratios.mean()), "ratio_min": float(ratios.min()), "ratio_max": float(ratios.max()),
+            "hit_rate": float(np.mean([r["hit"] for r in rows])), "within_rate": float(within.mean()),
+            "acc_within_mean": float(accs[within].mean()) if within.any() else None,
+            "regret_mean": float(np.mean([r["regret"] for r in rows])),
+            "distinct_picks": len(set(keys)), "picks": rows,
+        }
+    anchor_ratio = [measured[key] / predicted[key] for key in anchors]
+    return {
+        "space": space_name, "model": space.model, "device": profile.name, "lut": str(cost.lut.path),
+        "latency_budget": latency, "budget_ms": high, "full_predicted_ms": full_ms, "lower": lower,
+        "margin": guard, "flops_fraction": fraction, "queries": queries, "seeds": seeds, "repeats": repeats,
+        "calibration": {"a_ms": cost.a, "b": cost.b, "date": cost.lut.calibration.get("date")},
+        "in_window_predicted": int(in_window_predicted.sum()),
+        "best_in_window": {"acc": best, "arch": space.format_arch(best_key) if best_key else None,
+                           "confirmed": best_key is not None, "measured_ms": measured.get(best_key),
+                           "lut_only_acc": float(mean_acc[in_window_predicted].max()) if in_window_predicted.any()
+                           else None,
+                           "candidates": [{"arch": space.format_arch(k), "acc": float(lookup[k]),
+                                           "predicted_ms": predicted[k], "measured_ms": measured[k]}
+                                          for k in candidate_keys]},
+        "drift": {"anchors": [space.format_arch(k) for k in anchors],
+                  "measured_over_predicted_median": float(np.median(anchor_ratio))},
+        "methods": results,
+    }
 
 
 def supernet_ranking(checkpoint: str, space_name: str, data: str | None = None, limit: int | None = None,

@@ -3,7 +3,12 @@
 crossovers per generation; illegal or already-seen
 children are rejected and redrawn. Fitness is any callable over a batch of archs (the supernet's BC score, or a
 benchmark's ground truth), cached per arch. The state is saved after every generation, so a killed search resumes
-and ends exactly where an uninterrupted one would."""
+and ends exactly where an uninterrupted one would.
+
+With `screen` = k > 1, each generation draws k times as many legal children as it will score, an accuracy
+predictor fitted on every score so far (hwbcnet/search/predictor.py) ranks them, and only the predicted best
+`mutations` + `crossovers` reach the fitness: the same number of fitness queries, spent on likelier children.
+Children the screen drops are not marked as seen, so a later generation may still draw and score them."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import numpy as np
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.fileio import atomic_write_json, read_json
 from hwbcnet.search.constraints import Constraints
+from hwbcnet.search.predictor import AccuracyPredictor, AdditiveRidgePredictor
 from hwbcnet.search.prior import initial_population, sample_from_prior
 from hwbcnet.space.space import WidthSpace
 
@@ -34,6 +40,7 @@ class EvolutionConfig:
     mutation_uniform: float = 0.2  # share of mutated genes drawn uniformly instead of from the prior (exploration)
     tries_factor: int = 10  # at most tries_factor x mutations (crossovers) attempts per generation
     max_queries: int | None = None  # stop after this many distinct fitness evaluations
+    screen: int = 1  # > 1: draw screen x the children, score only the predicted best (accuracy predictor)
 
     def __post_init__(self) -> None:
         # a search with no generation or an empty archive has no result to return
@@ -59,8 +66,11 @@ Fitness = Callable[[np.ndarray], np.ndarray]
 class EvolutionSearch:
     def __init__(self, space: WidthSpace, constraints: Constraints, fitness: Fitness, probs: np.ndarray | None,
                  config: EvolutionConfig = EvolutionConfig(), seed: int = 0, state_path: str | Path | None = None,
-                 on_evaluated: Callable[[int, int], None] | None = None):
+                 on_evaluated: Callable[[int, int], None] | None = None, predictor: AccuracyPredictor | None = None):
+        if config.screen < 1:
+            raise HwbcnetError(f"--screen {config.screen}: must be at least 1 (1 = no accuracy predictor)")
         self.space, self.constraints, self.fitness = space, constraints, fitness
+        self.predictor = predictor if predictor is not None else AdditiveRidgePredictor(space)
         self.probs, self.config, self.seed = probs, config, seed
         self.state_path = Path(state_path) if state_path else None
         self.on_evaluated = on_evaluated  # (evaluated so far, planned) for progress bars
@@ -111,36 +121,61 @@ class EvolutionSearch:
         probs = (1 - uniform_share) * self.probs + uniform_share / self.probs.shape[1]
         return sample_from_prior(self.space, probs, self.rng, n)
 
-    def _accept(self, child: np.ndarray) -> bool:
+    def _accept(self, child: np.ndarray, pending: set | None = None) -> bool:
+        """Whether `child` is a legal arch not drawn before. Rejected candidates are never retried. With `pending`
+        (a screened generation), a legal child is only reserved there: the caller marks the ones it keeps as seen."""
         key = tuple(int(c) for c in child)
-        if key in self.seen:
+        if key in self.seen or (pending is not None and key in pending):
             return False
-        self.seen.add(key)  # rejected candidates are not retried
-        return bool(self.constraints.legal(child[None])[0])
+        legal = bool(self.constraints.legal(child[None])[0])
+        if pending is not None and legal:
+            pending.add(key)
+        else:
+            self.seen.add(key)
+        return legal
 
-    def _mutate(self) -> list[np.ndarray]:
+    def _mutate(self, count: int, pending: set | None = None) -> list[np.ndarray]:
         children, cfg = [], self.config
-        for _ in range(cfg.tries_factor * cfg.mutations):
-            if len(children) == cfg.mutations:
+        for _ in range(cfg.tries_factor * count):
+            if len(children) == count:
                 break
             parent = np.array(self.top[self.rng.integers(len(self.top))][0])
             resample = self.rng.random(self.space.num_vars) < cfg.mutation_prob
             # a prior that is sharp for some variable would make widths it disfavours unreachable by mutation alone
             child = np.where(resample, self._draw(1, self.config.mutation_uniform)[0], parent)
-            if self._accept(child):
+            if self._accept(child, pending):
                 children.append(child)
         return children
 
-    def _crossover(self) -> list[np.ndarray]:
+    def _crossover(self, count: int, pending: set | None = None) -> list[np.ndarray]:
         children, cfg = [], self.config
-        for _ in range(cfg.tries_factor * cfg.crossovers):
-            if len(children) == cfg.crossovers:
+        for _ in range(cfg.tries_factor * count):
+            if len(children) == count:
                 break
             a, b = (np.array(self.top[i][0]) for i in self.rng.integers(len(self.top), size=2))
             child = np.where(self.rng.random(self.space.num_vars) < 0.5, a, b)
-            if self._accept(child):
+            if self._accept(child, pending):
                 children.append(child)
         return children
+
+    def _children(self) -> list[np.ndarray]:
+        cfg = self.config
+        if cfg.screen == 1:
+            return self._mutate(cfg.mutations) + self._crossover(cfg.crossovers)
+        pending: set = set()
+        mutated = self._mutate(cfg.screen * cfg.mutations, pending)
+        crossed = self._crossover(cfg.screen * cfg.crossovers, pending)
+        known = sorted(self.cache)  # sorted: the fit does not depend on the order archs were scored in
+        self.predictor.fit(np.array(known), np.array([self.cache[k] for k in known]))
+        kept = []
+        for candidates, count in ((mutated, cfg.mutations), (crossed, cfg.crossovers)):
+            if candidates:
+                predicted = self.predictor.predict(np.array(candidates))
+                order = np.argsort(-predicted, kind="stable")[:count]
+                kept += [candidates[i] for i in order]
+        for child in kept:
+            self.seen.add(tuple(int(c) for c in child))
+        return kept
 
     def _evaluate(self, archs: np.ndarray) -> list[float]:
         keys = [tuple(int(c) for c in a) for a in archs]
@@ -185,7 +220,7 @@ class EvolutionSearch:
             self.top = [(k, self.cache[k]) for k in ranked[: cfg.top_k]]
             self.history.append({"generation": self.generation, "best": self.top[0][1],
                                  "mean_top": float(np.mean([s for _, s in self.top])), "queries": len(self.cache)})
-            children = self._mutate() + self._crossover()
+            children = self._children()
             self.population = np.array(children, dtype=np.int64).reshape(-1, self.space.num_vars)
             self.generation += 1
             self.save_state()

@@ -4,8 +4,9 @@ E[i, w] is the mean recorded training loss of the kept (lowest-loss) records in 
 (unseen widths get the largest observed loss). Each variable gets a categorical distribution p_i = softmax(theta_i)
 over {m..N}, fitted to minimise  mean_i sum_w p_i(w) E[i,w] + lambda * sum_costs (1 - E_p[cost] / target)^2,
 where E_p[cost] is the *exact* expectation of each budgeted cost that can provide one (`cost.expectation`: FLOPs and
-params are quadratic forms in independent channel counts, LUT latency a sum of per-layer cell tables) and the target sits at the budget, a quarter window below it (0.95 x budget for
-the default window [0.8, 1] x budget), with no 0.4x fudge factor: draws then land mostly inside the window.
+params are quadratic forms in independent channel counts, LUT latency a sum of per-layer cell tables) and the target
+sits a quarter window below the window's top (0.95 x budget for the default window [0.8, 1] x budget; the top is the
+budget less its guard band, if any), with no 0.4x fudge factor: draws then land mostly inside the window.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def fit_prior(space: WidthSpace, constraints: Constraints, records: list, steps:
     E = torch.as_tensor(loss_table(space, records) if records else np.zeros((space.num_vars, len(space.choices))))
     E = E / E.abs().max().clamp(min=1e-12)  # scale-free, so lambda means the same for every model
     theta = (0.01 * torch.randn(E.shape, generator=generator, dtype=torch.float64)).requires_grad_()
-    targets = [(c.cost, c.high - 0.25 * (c.high - c.low)) for c in constraints.items if hasattr(c.cost, "expectation")]
+    targets = [(c.cost, c.limit - 0.25 * (c.limit - c.low)) for c in constraints.items if hasattr(c.cost, "expectation")]
     optimizer = torch.optim.Adam([theta], lr=0.05)
     for _ in range(steps):
         probs = theta.softmax(1)

@@ -1,6 +1,12 @@
 """Scoring an arch with the supernet: recalibrate BatchNorm statistics for the path on K training batches
 (cumulative average, as BCNetV2's evaluator), then top-1 accuracy on the validation split. The BC score averages
-the left and right paths; ``ua`` uses the left path only."""
+the left and right paths; ``ua`` uses the left path only.
+
+Where the time goes (resnet20 on digits at 32 px, one core): BN recalibration on 1,258 training images is ~83 % of
+an arch's score, the 270 validation images the rest; activating a path is negligible. Scoring therefore runs in
+inference mode on channels-last batches (the same scores up to float rounding: 59 of 60 archs identical
+in a check, one a single validation image apart; ~1.4x faster on CPU), and the search scores candidates with
+few calibration batches and re-scores only its final top-k with many (see hwbcnet/search/runner.py)."""
 
 from __future__ import annotations
 
@@ -31,8 +37,23 @@ class EvalData:
         return cls(calibration, validation)
 
     def to(self, device) -> "EvalData":
-        return EvalData([x.to(device) for x in self.calibration],
-                        [(x.to(device), y.to(device)) for x, y in self.validation])
+        """The batches on `device`; images channels-last on CPU, where the convolutions run faster that way (same
+        results up to float rounding)."""
+        device = torch.device(device)
+        layout = torch.channels_last if device.type == "cpu" else torch.preserve_format
+
+        def move(images: torch.Tensor) -> torch.Tensor:
+            return images.to(device, memory_format=layout) if images.dim() == 4 else images.to(device)
+
+        return EvalData([move(x) for x in self.calibration], [(move(x), y.to(device)) for x, y in self.validation])
+
+    @property
+    def calibration_images(self) -> int:
+        return sum(len(x) for x in self.calibration)
+
+    @property
+    def validation_images(self) -> int:
+        return sum(len(y) for _, y in self.validation)
 
     def shard(self, dist) -> "EvalData":
         """This rank's share of every batch; BN statistics and counts are then all-reduced (see score_arch)."""
@@ -44,7 +65,7 @@ def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def recalibrate_bn(model: nn.Module, batches) -> None:
     bns = _batchnorms(model)
     momenta = [bn.momentum for bn in bns]
@@ -59,7 +80,7 @@ def recalibrate_bn(model: nn.Module, batches) -> None:
     model.eval()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def accuracy(model: nn.Module, batches) -> tuple[int, int]:
     """(correct, total) so that distributed callers can sum before dividing."""
     model.eval()

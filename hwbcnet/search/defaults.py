@@ -1,0 +1,8 @@
+"""Defaults of `hwbcnet search` that decide how long it takes (measured in docs/benchmarks.md, "Search speed").
+
+Kept apart from the runner so that the command line can show them without importing torch."""
+
+DEFAULT_GENERATIONS = 8
+DEFAULT_SCREEN = 4  # children drawn per scored child: the accuracy-predictor screen
+DEFAULT_BN_BATCHES = 2  # BN recalibration batches (of 128 training images) per candidate while searching
+FINAL_BN_BATCHES = 20  # for re-scoring the final top-k: every training image of the bundled digits (1,258)
