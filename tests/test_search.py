@@ -12,6 +12,7 @@ from hwbcnet.search.constraints import Constraints
 from hwbcnet.search.evolution import EvolutionConfig, EvolutionSearch
 from hwbcnet.search.prior import fit_prior, initial_population, loss_table
 from hwbcnet.space import build_space
+from search_fakes import Killed, dying
 
 
 @pytest.mark.parametrize("text,cost,value,fraction", [
@@ -78,20 +79,9 @@ def test_same_seed_same_result_and_resume_equals_uninterrupted(tmp_path):
     b = EvolutionSearch(space, constraints, oracle, probs, config, seed=5).run()
     assert a.best.tolist() == b.best.tolist() and a.history == b.history
 
-    class Killed(Exception):
-        pass
-
-    calls = {"n": 0}
-
-    def dying_oracle(archs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Killed
-        return oracle(archs)
-
     state = tmp_path / "search.state.json"
     with pytest.raises(Killed):
-        EvolutionSearch(space, constraints, dying_oracle, probs, config, seed=5, state_path=state).run()
+        EvolutionSearch(space, constraints, dying(oracle, 4), probs, config, seed=5, state_path=state).run()
     assert json.loads(state.read_text())["generation"] == 3
     resumed = EvolutionSearch(space, constraints, oracle, probs, config, seed=5, state_path=state).run()
     assert resumed.best.tolist() == a.best.tolist()

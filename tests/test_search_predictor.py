@@ -13,6 +13,7 @@ from hwbcnet.search.evolution import EvolutionConfig, EvolutionSearch
 from hwbcnet.search.predictor import AdditiveRidgePredictor
 from hwbcnet.search.prior import fit_prior
 from hwbcnet.space import build_space
+from search_fakes import Killed, dying
 
 
 def test_additive_predictor_recovers_an_additive_fitness():
@@ -66,20 +67,9 @@ def test_screened_children_are_legal_unseen_and_resume_exactly(tmp_path):
     assert whole.queries == len(whole.scores) == 20 * 6
     assert constraints.legal(np.array(list(whole.scores))).all()
 
-    class Killed(Exception):
-        pass
-
-    calls = {"n": 0}
-
-    def dying_oracle(archs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Killed
-        return oracle(archs)
-
     state = tmp_path / "state.json"
     with pytest.raises(Killed):
-        EvolutionSearch(space, constraints, dying_oracle, None, config, seed=4, state_path=state).run()
+        EvolutionSearch(space, constraints, dying(oracle, 4), None, config, seed=4, state_path=state).run()
     resumed = EvolutionSearch(space, constraints, oracle, None, config, seed=4, state_path=state).run()
     assert resumed.best.tolist() == whole.best.tolist() and resumed.history == whole.history
     with pytest.raises(HwbcnetError, match="--screen 0"):

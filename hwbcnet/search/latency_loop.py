@@ -25,6 +25,7 @@ import numpy as np
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.search.constraints import Constraints
 
+
 @dataclass
 class LoopConfig:
     rounds: int = 3  # picks measured at most
