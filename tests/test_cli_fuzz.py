@@ -237,7 +237,7 @@ def bad_values(value_type, root: Path):
                  "timm:", "timm:a..b", "timm:-x", "pkg.:f", ".pkg:f", "pkg:1f", "pkg:class", ":f", "f:", "a:b:c",
                  f"{s}/missing.py:build", f"{s}/plain.txt:build", f"{s}/models.py:not-a-name", f"{s}/models.py:",
                  f"{s}/folder:build"], MODEL.parse),
-        MODEL_KWARGS: (["{", "[1, 2]", "1", '"x"', "null", '{"num_classes": 5}', "{'a': 1}", "{a: 1}"],
+        MODEL_KWARGS: (["{", "[1, 2]", "1", '"x"', "null", "true", '{"num_classes": 5}', "{'a': 1}", "{a: 1}"],
                        MODEL_KWARGS.parse),
         MARGIN: (["", "Auto", "-1%", "100%", "1", "nan", "inf%", "3 %%", "x%"], MARGIN.parse),
         MODULE_GLOB: (["", " ", "\t", " features.*", "features.* "], MODULE_GLOB.parse),

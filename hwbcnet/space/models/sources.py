@@ -107,12 +107,13 @@ def parse_model_source(spec: str, kwargs: dict | str | None = None) -> ModelSour
 
 def parse_model_kwargs(kwargs: dict | str | None) -> dict:
     """The factory's keyword arguments from --model-kwargs JSON (or a dict); a ValueError says what is allowed."""
+    if kwargs is None:
+        return {}
     if isinstance(kwargs, str):
         try:
             kwargs = json.loads(kwargs) if kwargs.strip() else {}
         except json.JSONDecodeError as exc:
             raise ValueError(f"not valid JSON ({exc.msg}); expected an object such as '{{\"depth\": 18}}'") from None
-    kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict):
         raise ValueError("expected a JSON object such as '{\"depth\": 18}'")
     if "num_classes" in kwargs:
