@@ -65,8 +65,10 @@ def test_mobilenetv3_small_through_the_whole_loop(tmp_path, capsys, monkeypatch)
                               profile, "--arch", "full", "--json"], capsys)
     full_ms = json.loads(out)["latency_ms"]
     budget = f"{0.85 * full_ms:.4f}ms"
+    # --margin 0: the guard band fitted on 4 calibration subnets of a busy CI machine can exceed the 15 % between
+    # this budget and the full model (mobilenetv3-small's narrowest arch is ~80 % of it at 32 px)
     code, _, err = run_cli(["search", "-c", run / "supernet.pt", "--latency", budget, "--flops", "90%", "--device",
-                            profile, "--population", 6, "--generations", 1, "--bn-batches", 2,
+                            profile, "--margin", "0", "--population", 6, "--generations", 1, "--bn-batches", 2,
                             "-o", run / "search.json"], capsys)
     assert code == 0, err
     search = json.loads((run / "search.json").read_text())

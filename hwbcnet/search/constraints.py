@@ -91,7 +91,8 @@ class Constraints:
                 guard = f" less a {100 * c.margin:.1f} % guard band" if c.margin else ""
                 raise HwbcnetError(f"--{c.budget.cost} {c.budget.text} is unsatisfiable: the smallest achievable "
                                    f"{c.cost.name} is {_fmt(smallest, c.cost)} (budget {_fmt(c.high, c.cost)}"
-                                   f"{guard}); raise the budget")
+                                   f"{guard}); raise the budget" + (" or lower the guard band (--margin, e.g. 2%)"
+                                                                 if smallest <= c.high else ""))
         if not self.legal(probe).any():
             ranges = "; ".join(f"{c.cost.name} {_fmt(values[:, k].min(), c.cost)}..{_fmt(values[:, k].max(), c.cost)}"
                                for k, c in enumerate(self.items))
