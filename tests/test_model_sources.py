@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from hwbcnet.cli import main
+from cli_runner import run_cli
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.space import build_space, space_from_description
 from hwbcnet.space.models.sources import parse_model_source
@@ -52,16 +52,6 @@ def _forget_loaded_models():
     space_module._trace_cached.cache_clear()
     for name in [n for n in sys.modules if n.startswith("hwbcnet_user_model_")]:
         del sys.modules[name]
-
-
-def run_cli(args, capsys):
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_file_factory_with_kwargs_is_traced_and_rebuilt_from_its_description(model_file):

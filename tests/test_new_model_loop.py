@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from hwbcnet.cli import main
+from cli_runner import run_cli
 
 FAST_PROFILE = """
 name = "fast-cpu"
@@ -32,16 +32,6 @@ min_time_ms = 0.0
 """
 
 SPACE = ["--model", "mobilenetv3-small", "--resolution", "32", "--bins", "3", "--min-bins", "2"]
-
-
-def run_cli(args, capsys):
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.timeout(600)

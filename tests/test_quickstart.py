@@ -7,19 +7,10 @@ import shutil
 
 import pytest
 
+from cli_runner import run_cli
 from hwbcnet.cli import main
 from hwbcnet.export.onnx_export import read_export_metadata
 from hwbcnet.hardware.backends.tensorrt import gpu_available
-
-
-def run_cli(args, capsys):
-    code = 0
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")

@@ -35,40 +35,23 @@ def module_rule(*types: type):
     return register
 
 
-def module_name_rule(*class_names: str):
-    def register(rule: Rule) -> Rule:
-        for name in class_names:
-            _MODULE_NAME_RULES[name] = rule
-        return rule
+def _keyed_registrar(table: dict):
+    """A decorator factory: `@decorator(key, ...)` registers the rule under each key of `table`."""
+    def decorator(*keys):
+        def register(rule: Rule) -> Rule:
+            for key in keys:
+                table[key] = rule
+            return rule
 
-    return register
+        return register
 
-
-def function_name_rule(*names: str):
-    def register(rule: Rule) -> Rule:
-        for name in names:
-            _FUNCTION_NAME_RULES[name] = rule
-        return rule
-
-    return register
+    return decorator
 
 
-def function_rule(*functions):
-    def register(rule: Rule) -> Rule:
-        for function in functions:
-            _FUNCTION_RULES[function] = rule
-        return rule
-
-    return register
-
-
-def method_rule(*names: str):
-    def register(rule: Rule) -> Rule:
-        for name in names:
-            _METHOD_RULES[name] = rule
-        return rule
-
-    return register
+module_name_rule = _keyed_registrar(_MODULE_NAME_RULES)
+function_name_rule = _keyed_registrar(_FUNCTION_NAME_RULES)
+function_rule = _keyed_registrar(_FUNCTION_RULES)  # by the function object (torch.cat, operator.add)
+method_rule = _keyed_registrar(_METHOD_RULES)  # by tensor method name (x.view, x.flatten)
 
 
 def module_rule_for(module: nn.Module) -> Rule | None:
