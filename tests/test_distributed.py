@@ -248,3 +248,22 @@ def test_distributed_scoring_equals_single_process(tmp_path, single_run):
     assert distributed["top"] == single["top"] and distributed["history"] == single["history"]
     assert not [p.name for p in distributed_dir.iterdir() if p.name.endswith(".tmp")]
 
+
+
+def test_leaving_the_context_releases_the_group(tmp_path, single_run):
+    """A supernet that outlives the context must not keep the process group alive: a gloo group destroyed at
+    interpreter exit instead aborted rank 1 of `torchrun ... train` now and then (SIGABRT after rank 0 had gone)."""
+    import torch.distributed as torch_dist
+
+    from hwbcnet.supernet.dynamic import is_sliced_batchnorm
+    from hwbcnet.training.distributed import DistContext
+
+    torch.save(single_run, tmp_path / "supernet.pt")
+    supernet, _ = load_supernet(tmp_path / "supernet.pt")
+    batchnorms = [m for m in supernet.modules() if is_sliced_batchnorm(m)]
+    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    with DistContext(rank=0, world_size=1, local_rank=0) as dist:
+        dist.sync_batchnorm(supernet)
+        assert batchnorms and all(bn.process_group is torch_dist.group.WORLD for bn in batchnorms)
+    assert not torch_dist.is_initialized()
+    assert all(bn.process_group is None for bn in batchnorms)

@@ -13,8 +13,10 @@ See docs/distributed.md.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import os
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +33,7 @@ class DistContext:
     local_rank: int
     owns_group: bool = True
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where model, batches, reductions live
+    _synced: weakref.WeakSet = field(default_factory=weakref.WeakSet, repr=False)
 
     @classmethod
     def from_environment(cls) -> "DistContext | _NoDist":
@@ -53,12 +56,22 @@ class DistContext:
 
     def __exit__(self, *exc) -> None:
         if self.owns_group and torch_dist.is_initialized():
+            # Nothing may outlive the group holding a reference to it: a gloo group destroyed at interpreter exit
+            # instead of here aborts the process ("terminate called without an active exception") once a peer has
+            # gone. The synced BNs of a supernet still in use and an unreachable DDP wrapper are such references.
+            for module in list(self._synced):
+                self.sync_batchnorm(module, enabled=False)
+            gc.collect()
             torch_dist.destroy_process_group()
 
     def sync_batchnorm(self, module: torch.nn.Module, enabled: bool = True) -> None:
         for bn in module.modules():
             if is_sliced_batchnorm(bn):
                 bn.__dict__["process_group"] = torch_dist.group.WORLD if enabled else None
+        if enabled:
+            self._synced.add(module)
+        else:
+            self._synced.discard(module)
 
     def wrap(self, supernet: torch.nn.Module) -> torch.nn.Module:
         from torch.nn.parallel import DistributedDataParallel
