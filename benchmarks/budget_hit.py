@@ -40,14 +40,19 @@ LOWER = 0.9  # the hit window's bottom is the search window's
 EVOLUTION = dict(population=16, generations=6, top_k=5, mutations=8, crossovers=8, screen=4)  # digits searches
 
 
-def load_results() -> dict:
-    if RESULT_FILE.exists():
-        return read_json(RESULT_FILE, kind=KIND, schema_version=1)
+def result_file(args) -> Path:
+    """benchmarks/results/budget_hit.json, or budget_hit-NAME.json for a named run (--run NAME)."""
+    return RESULT_FILE.with_stem(f"{RESULT_FILE.stem}-{args.run}") if args.run else RESULT_FILE
+
+
+def load_results(args) -> dict:
+    if result_file(args).exists():
+        return read_json(result_file(args), kind=KIND, schema_version=1)
     return {"kind": KIND, "schema_version": 1, "runs": {}}
 
 
 def run_dir(args, model: str, budget: str) -> Path:
-    return args.work / model / budget.rstrip("%")
+    return args.work / (args.run or "") / model / budget.rstrip("%")
 
 
 def base_lut(args, model: str) -> Path:
@@ -68,7 +73,7 @@ def _verify_and_record(model, budget, folder, onnx_file, lut_file, args, record,
                   first_hit=bool(LOWER * first["budget_ms"] <= first["measured_ms"] <= first["budget_ms"]),
                   load_warning=verified["load_warning"])
     results["runs"][f"{model} {budget}"] = record
-    atomic_write_json(RESULT_FILE, results)
+    atomic_write_json(result_file(args), results)
     print(f"{model} {budget}: first pick {record['first_ratio']:.3f} x budget, loop {record['status']} after "
           f"{len(record['rounds'])} round(s), exported model {record['final_ratio']:.3f} x budget")
 
@@ -171,7 +176,7 @@ def measure(model: str, args, results: dict) -> None:
     (measure_supernet if SETTINGS[model] == "supernet" else measure_oracle)(model, args, results)
 
 
-def write_table(results: dict) -> None:
+def write_table(results: dict, args) -> None:
     from hwbcnet.plots import plt, save_png
 
     runs = [results["runs"][f"{m} {b}"] for m in SETTINGS for b in BUDGETS if f"{m} {b}" in results["runs"]]
@@ -193,11 +198,11 @@ def write_table(results: dict) -> None:
     ax.set_xlabel("measured / budget")
     ax.set_ylabel("runs")
     ax.legend(fontsize=8)
-    png = save_png(fig, RESULTS / "budget_hit.png")
+    png = save_png(fig, result_file(args).with_suffix(".png"))
     body = (
         (f"Code: {results['measured_at']}\n\n" if results.get("measured_at") else "") +
         "`python benchmarks/budget_hit.py --measure MODEL` for each setting (quiet), `--table` "
-        "(raw results: `benchmarks/results/budget_hit.json`, histogram: "
+        f"(raw results: `{result_file(args).relative_to(ROOT)}`, histogram: "
         f"`{png.relative_to(ROOT)}`). Device `cpu` (ONNX Runtime, 1 thread), the 2-core development VM. "
         "Per setting the LUT is calibrated right before its runs (12 subnets, 3 interleaved rounds) and each run "
         "gets its own copy. resnet20 / mobilenetv2: bcnetv2 supernets on digits (10 epochs), `hwbcnet search "
@@ -213,7 +218,7 @@ def write_table(results: dict) -> None:
         f"Distribution of measured / budget (min, p10, median, p90, max): exported models {quantiles(final)}; "
         f"first picks {quantiles(first)}.\n")
     print(table)
-    write_section(SECTION, body)
+    write_section(f"{SECTION} ({args.run})" if args.run else SECTION, body)
 
 
 def main() -> None:
@@ -225,12 +230,13 @@ def main() -> None:
     parser.add_argument("--supernets", type=Path, default=Path("runs/bench/supernets"))
     parser.add_argument("--work", type=Path, default=Path("runs/bench/budget_hit"))
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--run", help="a named run: its own results file, work folder and docs section")
     args = parser.parse_args()
-    results = load_results()
+    results = load_results(args)
     for model in args.measure:
         measure(model, args, results)
     if args.table:
-        write_table(results)
+        write_table(results, args)
 
 
 if __name__ == "__main__":

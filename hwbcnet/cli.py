@@ -18,7 +18,8 @@ from typer.core import TyperGroup
 from hwbcnet.cli_options import (ARCH, CALIB, DATA, DEVICE, MARGIN, MODEL, MODEL_KWARGS, MODULE_GLOB, Budget,
                                  Choice, ExistingFile, Float, Int, OutputDir, OutputFile)
 from hwbcnet.errors import HwbcnetError, MissingRuntimeError
-from hwbcnet.search.defaults import DEFAULT_BN_BATCHES, DEFAULT_GENERATIONS, DEFAULT_SCREEN, FINAL_BN_BATCHES
+from hwbcnet.search.defaults import (DEFAULT_BN_BATCHES, DEFAULT_GENERATIONS, DEFAULT_SCREEN, FINAL_BN_BATCHES,
+                                     FINAL_RESCORE)
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click import exceptions as click_exceptions
@@ -230,8 +231,7 @@ def search(
     population: int = Int(2, 10_000).option(50, "--population", help="Archs per generation."),
     generations: int = Int(1, 10_000).option(DEFAULT_GENERATIONS, "--generations", help="Generations of the "
                                              "evolution."),
-    top_k: int = Int(1, 1_000).option(10, "--top-k", help="Elite archive size; the final top-k are re-scored "
-                                      "(--final-bn-batches)."),
+    top_k: int = Int(1, 1_000).option(10, "--top-k", help="Elite archive size (parents of the next generation)."),
     screen: int = Int(1, 100).option(DEFAULT_SCREEN, "--screen", help="Draw SCREEN x the children per generation and "
                                      "let an accuracy predictor fitted on the scores so far choose which ones the "
                                      "supernet scores (1 = off)."),
@@ -239,8 +239,10 @@ def search(
     calibration_batches: int = Int(1, 10_000).option(DEFAULT_BN_BATCHES, "--bn-batches", help="Training batches (of "
                                                      "128) for per-path BN recalibration while searching."),
     final_calibration_batches: int = Int(1, 10_000).option(FINAL_BN_BATCHES, "--final-bn-batches", help="BN batches "
-                                                           "for re-scoring the final top-k; the pick is the best of "
-                                                           "them."),
+                                                           "for re-scoring the final candidates (--rescore); the "
+                                                           "pick is the best of them."),
+    rescore: int = Int(1, 10_000).option(FINAL_RESCORE, "--rescore", help="Archs with the best search scores (the "
+                                         "top-k at least) re-scored with --final-bn-batches at the end."),
     threads: Optional[int] = Int(1, 1_024).option(None, "--threads", help="Torch CPU threads for scoring (default: "
                                                   "one per core; 1 is faster when another job keeps a core busy)."),
     verify: bool = typer.Option(False, "--verify", help="Export and time the pick on --device; on a miss refit the "
@@ -262,7 +264,8 @@ def search(
         result = run_search(checkpoint, out, flops=flops, params=params, latency=latency, device=device, lut_path=lut,
                             lower=lower, margin=margin, init=init, evolution=evolution, seed=seed,
                             calibration_batches=calibration_batches,
-                            final_calibration_batches=final_calibration_batches, threads=threads, verify=verify,
+                            final_calibration_batches=final_calibration_batches, rescore=rescore, threads=threads,
+                            verify=verify,
                             loop=LoopConfig(rounds=verify_rounds, repeats=verify_repeats), dist=dist)
     if dist is not None and dist.rank != 0:
         return

@@ -154,3 +154,22 @@ def conv_lut(path, space, profile):
         lut.cells[lut.key(cell)] = {"median_ms": conv_ms(cell.c_out) if cell.kind == "conv" else 0.0, "stable": True}
     lut.save()
     return lut
+
+
+class RegionalErrorBackend(ShiftingSpeedBackend):
+    """ShiftingSpeedBackend, except that a model whose first convolution has `channels` output channels runs
+    `region_factor` times the time: a per-arch error the additive LUT cannot see (a different kernel for that shape),
+    shared by every arch in that region of the width space."""
+
+    def __init__(self, channels: int, region_factor: float, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.region_factor = channels, region_factor
+
+    def measure(self, onnx_bytes, profile, policy=None):
+        timing = super().measure(onnx_bytes, profile, policy)
+        model = onnx.load_from_string(onnx_bytes)
+        shapes = {init.name: init.dims for init in model.graph.initializer}
+        first = next(node for node in model.graph.node if node.op_type == "Conv")
+        if shapes[first.input[1]][0] == self.channels:
+            return summarize([self.region_factor * timing.median] * 50, 0.05)
+        return timing

@@ -67,3 +67,23 @@ def test_search_resumes_from_state(supernet_checkpoint, tmp_path):
     again = run_search(supernet_checkpoint, tmp_path / "a.json", flops="60%", evolution=evolution,
                        calibration_batches=2, progress=False)  # finished state: no new evaluations
     assert again["arch"] == first["arch"] and again["queries"] == first["queries"]
+
+
+def test_final_rescoring_covers_the_best_search_scores(supernet_checkpoint, tmp_path):
+    """The `rescore` archs with the best search scores (beyond the top-k elites) are re-scored at the final fidelity
+    and the pick is the best of them; re-scoring the elites alone can only do as well or worse."""
+    evolution = EvolutionConfig(population=6, generations=2, top_k=2, mutations=3, crossovers=3)
+    runs = {rescore: run_search(supernet_checkpoint, tmp_path / f"r{rescore}" / "search.json", flops="60%",
+                                evolution=evolution, calibration_batches=1, final_calibration_batches=3,
+                                rescore=rescore, progress=False) for rescore in (1, 6)}
+    wide, elites = runs[6], runs[1]
+    assert wide["queries"] == elites["queries"] >= 6  # the same evolution: only the final step differs
+    assert wide["scoring"]["rescored"] == 6 and elites["scoring"]["rescored"] == 2  # the top-k at least
+    state = json.loads((tmp_path / "r6" / "search.state.json").read_text())
+    best_six = [code for _, code in sorted((-score, tuple(arch)) for arch, score in state["cache"])[:6]]
+    supernet, _ = load_supernet(supernet_checkpoint)
+    best_six = {supernet.space.format_arch(np.array(arch)) for arch in best_six}
+    assert {entry["code"] for entry in wide["top"]} <= best_six and len(wide["top"]) == 2
+    assert wide["arch"]["code"] == wide["top"][0]["code"] and wide["score"] == wide["top"][0]["score"]
+    assert wide["top"][0]["score"] >= wide["top"][1]["score"]
+    assert wide["score"] >= elites["score"]

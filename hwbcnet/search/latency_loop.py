@@ -6,9 +6,11 @@ with a few calibration subnets ("anchors", re-measured in the same interleaved r
 now is what they and the pick share). The pick is accepted when it measures inside [lower x budget, budget].
 
 On a miss the LUT's calibration is refitted on the fresh anchors plus every pick measured so far and saved with its
-provenance (the fit it replaces stays in the LUT's history); the pick is rejected, every evaluated arch is
-re-ranked under the new prediction, and when none is legal any more the search is run again under it (scores
-already known are reused). After `rounds` measurements without a hit the loop stops and says so. A stale
+provenance (the fit it replaces stays in the LUT's history); the pick is rejected, and from then on the prediction
+is also corrected near what was measured (hwbcnet/costs/measured.py: a pick that measured 13 % under its prediction
+makes its neighbours predicted lower too, an error a global refit cannot remove). Every evaluated arch is re-ranked
+under that prediction, and when none is legal any more the search is run again under it (scores already known are
+reused). After `rounds` measurements without a hit the loop stops and says so. A stale
 calibration (the machine drifted since `lut calibrate`) and a pick the LUT mispredicts are both corrected this way;
 a single point added to an old fit could do neither, which is why the anchors are re-measured.
 """
@@ -31,6 +33,7 @@ class LoopConfig:
     rounds: int = 3  # picks measured at most
     repeats: int = 3  # interleaved measurement rounds per model (median)
     anchors: int = 8  # calibration subnets re-measured with every pick
+    correct_near_measured: bool = True  # after a miss, scale predictions by the nearest measurements' ratios
 
     def check(self) -> None:
         if self.rounds < 1:
@@ -62,6 +65,7 @@ def close_latency_loop(space, profile, lut_path: str | Path, ranked: list[tuple]
     (else the best measured one within the budget, else the fastest), "rounds": [...], "researched": n,
     "message": ...}."""
     from hwbcnet.costs.calibration import anchor_archs, measure_archs, refit_calibration
+    from hwbcnet.costs.measured import NeighbourCorrected
     from hwbcnet.hardware.machine import machine_conditions
     from hwbcnet.hardware.lut import Lut
 
@@ -72,11 +76,17 @@ def close_latency_loop(space, profile, lut_path: str | Path, ranked: list[tuple]
     measured_picks: list[tuple[tuple, float]] = []
     rounds: list[dict] = []
     researched = 0
+    last_anchors, last_anchor_ms = np.zeros((0, space.num_vars), dtype=np.int64), np.zeros(0)
     for round_index in range(1, config.rounds + 1):
         constraints = make_constraints()
         latency = constraints.item("latency")
         if latency is None:
             raise HwbcnetError("verifying a search needs a latency budget (--latency with --device)")
+        if measured_picks and config.correct_near_measured:
+            # the budget stays as resolved; only the prediction it is compared with changes
+            latency.cost = NeighbourCorrected(
+                latency.cost, np.concatenate([last_anchors, np.array([p for p, _ in measured_picks])]),
+                np.concatenate([last_anchor_ms, [m for _, m in measured_picks]]))
         pick = _first_legal(constraints, ranked, rejected)
         if pick is None and research is not None:
             log(f"round {round_index}: no evaluated arch is legal under the corrected prediction; searching again")
@@ -100,8 +110,11 @@ def close_latency_loop(space, profile, lut_path: str | Path, ranked: list[tuple]
         measured = np.median(times, axis=1)
         pick_ms = float(measured[-1])
         predicted_ms = float(latency.cost(np.array([pick]))[0])
+        lut_cost = latency.cost.base if isinstance(latency.cost, NeighbourCorrected) else latency.cost
+        lut_predicted_ms = float(lut_cost(np.array([pick]))[0])
         status = "over" if pick_ms > latency.high else "under" if pick_ms < latency.low else "within"
         record = {"round": round_index, "arch": space.format_arch(pick), "predicted_ms": predicted_ms,
+                  "lut_predicted_ms": lut_predicted_ms,
                   "measured_ms": pick_ms, "measured_rounds_ms": times[-1].tolist(), "budget_ms": latency.high,
                   "low_ms": latency.low, "limit_ms": latency.limit, "status": status,
                   "anchors": [space.format_arch(a) for a in anchors], "anchors_ms": measured[:-1].tolist(),
@@ -115,6 +128,7 @@ def close_latency_loop(space, profile, lut_path: str | Path, ranked: list[tuple]
                     "message": f"{record['arch']} measures {pick_ms:.3f} ms, within [{latency.low:.3f}, "
                                f"{latency.high:.3f}] ms"}
         rejected.add(pick)
+        last_anchors, last_anchor_ms = anchors, measured[:-1]
         picks = np.array([p for p, _ in measured_picks], dtype=np.int64)
         calibration = refit_calibration(
             lut, space, np.concatenate([anchors, picks]),

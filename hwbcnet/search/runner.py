@@ -1,9 +1,9 @@
 """`hwbcnet search`: score archs with a trained supernet under budgets and write DIR/search.json.
 
 Scoring is where a search spends its time (BN recalibration, then validation accuracy, per path; see
-hwbcnet/training/scoring.py). The search scores candidates with `calibration_batches` BN batches and re-scores its
-final top-k with `final_calibration_batches` (all the training images by default), choosing among them by that
-score; with `screen` > 1 an accuracy predictor picks which children deserve a supernet query at all.
+hwbcnet/training/scoring.py). The search scores candidates with `calibration_batches` BN batches and re-scores the
+`rescore` archs with the best search scores (at least its top-k) with `final_calibration_batches` (all the training
+images by default), choosing among them by that score; with `screen` > 1 an accuracy predictor picks which children deserve a supernet query at all.
 
 search.json (kind "hwbcnet.search", schema_version 1):
     arch        the chosen arch (model, bins, min_bins, code, widths per variable, channels per variable)
@@ -13,12 +13,12 @@ search.json (kind "hwbcnet.search", schema_version 1):
     budgets     [{cost, unit, budget, low, high[, margin, limit]}], `lower` the window's lower fraction; a latency
                 budget's guard band `margin` puts the window's top at `limit` = (1 - margin) x high
     space       the width space; `checkpoint` {path, sha256} of the supernet; `data`, `device`, `lut`
-    top         the final top-k [{code, score, search_score, costs}] (score: final fidelity, search_score: the
-                search's); `history` per generation; `seed`, `init`, `evolution`
-    scoring     {bn_images, final_bn_images, val_images, threads, queries_this_run, search_seconds,
+    top         the best top-k of the re-scored archs [{code, score, search_score, costs}] (score: final
+                fidelity, search_score: the search's); `history` per generation; `seed`, `init`, `evolution`
+    scoring     {bn_images, final_bn_images, val_images, threads, queries_this_run, search_seconds, rescored,
                 rescore_seconds, seconds, archs_per_s}: the scorer's fidelity and where this run's time went
-    verification  with --verify: {status "met" | "unmet", rounds [{arch, predicted_ms, measured_ms, budget_ms,
-                status, ...}], message}; `arch` is then the pick that measured inside the window
+    verification  with --verify: {status "met" | "unmet", rounds [{arch, predicted_ms (corrected near the archs
+                measured before), lut_predicted_ms, measured_ms, budget_ms, status, ...}], message}; `arch` is then the pick that measured inside the window
 The evolution state is kept next to it (search.state.json) so a killed search resumes.
 """
 
@@ -37,7 +37,8 @@ from hwbcnet.costs.flops import flops_cost, params_cost
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.fileio import NUMBER, atomic_write_json, check_fields, file_sha256, read_json
 from hwbcnet.search.constraints import Constraints
-from hwbcnet.search.defaults import DEFAULT_BN_BATCHES, DEFAULT_GENERATIONS, DEFAULT_SCREEN, FINAL_BN_BATCHES
+from hwbcnet.search.defaults import (DEFAULT_BN_BATCHES, DEFAULT_GENERATIONS, DEFAULT_SCREEN, FINAL_BN_BATCHES,
+                                     FINAL_RESCORE)
 from hwbcnet.search.evolution import EvolutionConfig, EvolutionSearch
 from hwbcnet.search.latency_loop import LoopConfig, close_latency_loop
 from hwbcnet.search.prior import fit_prior
@@ -114,9 +115,10 @@ def run_search(checkpoint: str | Path, out: str | Path, *, flops=None, params=No
                lut_path=None, lower: float = 0.8, margin: str | float | None = "auto", init: str = "prior",
                evolution: EvolutionConfig | None = None, seed: int = 0, data: str | None = None,
                calibration_batches: int = DEFAULT_BN_BATCHES, final_calibration_batches: int | None = FINAL_BN_BATCHES,
-               threads: int | None = None, verify: bool = False, loop: LoopConfig | None = None,
+               rescore: int = FINAL_RESCORE, threads: int | None = None, verify: bool = False, loop: LoopConfig | None = None,
                progress: bool = True, dist=None, backend=None) -> dict:
-    """`final_calibration_batches`: BN batches for re-scoring the final top-k (None: no re-scoring).
+    """`final_calibration_batches`: BN batches for re-scoring the `rescore` best archs by search score (at least
+    the top-k; None: no re-scoring).
     `threads`: torch intra-op threads while scoring (None: auto_threads). `verify`: export and measure the
     pick on `device` and close the loop on a miss (hwbcnet/search/latency_loop.py); `backend` overrides the
     device profile's timing backend (tests)."""
@@ -128,6 +130,8 @@ def run_search(checkpoint: str | Path, out: str | Path, *, flops=None, params=No
         raise HwbcnetError("--bn-batches and --final-bn-batches must be at least 1")
     if threads is not None and threads < 1:
         raise HwbcnetError(f"--threads {threads}: must be at least 1")
+    if rescore < 1:
+        raise HwbcnetError(f"--rescore {rescore}: must be at least 1")
     if verify and latency is None:
         raise HwbcnetError("--verify measures the pick against a latency budget: add --latency and --device")
     if verify and dist is not None:
@@ -138,8 +142,8 @@ def run_search(checkpoint: str | Path, out: str | Path, *, flops=None, params=No
         return _run_search(checkpoint, out, flops=flops, params=params, latency=latency, device=device,
                            lut_path=lut_path, lower=lower, margin=margin, init=init, evolution=evolution, seed=seed,
                            data=data, calibration_batches=calibration_batches,
-                           final_calibration_batches=final_calibration_batches, verify=verify, loop=loop,
-                           progress=progress, dist=dist, backend=backend)
+                           final_calibration_batches=final_calibration_batches, rescore=rescore, verify=verify,
+                           loop=loop, progress=progress, dist=dist, backend=backend)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -159,7 +163,8 @@ def auto_threads(dist=None) -> int:
 
 
 def _run_search(checkpoint, out, *, flops, params, latency, device, lut_path, lower, margin, init, evolution, seed,
-                data, calibration_batches, final_calibration_batches, verify, loop, progress, dist, backend) -> dict:
+                data, calibration_batches, final_calibration_batches, rescore, verify, loop, progress, dist,
+                backend) -> dict:
     import torch
 
     from hwbcnet.data import load_data
@@ -216,10 +221,12 @@ def _run_search(checkpoint, out, *, flops, params, latency, device, lut_path, lo
     search_seconds = time.perf_counter() - search_started
     new_queries = len(details)  # archs this process scored (a resumed search scored the rest before)
 
-    # The final top-k at full fidelity: the pick is the best of them by that score.
+    # The best archs by search score (the top-k at least) at full fidelity: the pick is the best of them by that score.
     final_details: dict = {}
-    top_keys = [tuple(int(c) for c in arch) for arch, _ in outcome.top]
-    search_scores = {key: score for key, score in zip(top_keys, (s for _, s in outcome.top))}
+    by_search_score = sorted(outcome.scores.items(), key=lambda item: (-item[1], item[0]))
+    top_keys = list(dict.fromkeys([tuple(int(c) for c in arch) for arch, _ in outcome.top]
+                                  + [key for key, _ in by_search_score[:rescore]]))
+    search_scores = {key: outcome.scores[key] for key in top_keys}
     if final_data is not None:
         rescore_started = time.perf_counter()
         supernet_fitness(supernet, final_data, reduce, final_details)(np.array(top_keys, dtype=np.int64))
@@ -274,13 +281,14 @@ def _run_search(checkpoint, out, *, flops, params, latency, device, lut_path, lo
         "data": data, "device": device, "lut": str(lut_path) if lut_path else None,
         "seed": seed, "init": init, "evolution": asdict(config), "queries": outcome.queries,
         "top": [{"code": space.format_arch(np.array(key)), "score": final_scores[key],
-                 "search_score": search_scores[key], "costs": cost_values(np.array(key))} for key in ranked],
+                 "search_score": search_scores[key], "costs": cost_values(np.array(key))}
+                for key in ranked[: config.top_k]],
         "history": outcome.history,
         "scoring": {"bn_images": eval_data.calibration_images,
                     "final_bn_images": final_data.calibration_images if final_data is not None else None,
                     "val_images": eval_data.validation_images, "threads": torch.get_num_threads(),
                     "queries_this_run": new_queries, "search_seconds": search_seconds,
-                    "rescore_seconds": rescore_seconds, "seconds": total_seconds,
+                    "rescored": len(top_keys), "rescore_seconds": rescore_seconds, "seconds": total_seconds,
                     "archs_per_s": new_queries / search_seconds if search_seconds > 0 else None},
     }
     if verification is not None:
