@@ -6,7 +6,8 @@ its prediction, the next best arch is usually its neighbour and misses the same 
 is scaled by the measured / predicted ratio of the measured archs nearest to it, by inverse-squared-distance
 weighting (Shepard) with a prior weight on ratio 1 at distance V (one bin per width variable on average):
 
-    corrected(a) = base(a) x (1 + sum_i w_i r_i) / (1 + sum_i w_i),   w_i = (V / d(a, a_i))^2,   r_i = measured_i / base(a_i)
+    corrected(a) = base(a) x (1 + sum_i w_i r_i) / (1 + sum_i w_i)
+    w_i = (V / d(a, a_i))^2,   r_i = measured_i / base(a_i)
 
 so a measured arch is predicted as measured (d = 0), an arch one bin per variable away gets half its neighbour's
 correction, and an arch far from every measurement keeps the LUT's prediction. d is the L1 distance in bins.

@@ -3,7 +3,8 @@
 Scoring is where a search spends its time (BN recalibration, then validation accuracy, per path; see
 hwbcnet/training/scoring.py). The search scores candidates with `calibration_batches` BN batches and re-scores the
 `rescore` archs with the best search scores (at least its top-k) with `final_calibration_batches` (all the training
-images by default), choosing among them by that score; with `screen` > 1 an accuracy predictor picks which children deserve a supernet query at all.
+images by default), choosing among them by that score; with `screen` > 1 an accuracy predictor picks which children
+deserve a supernet query at all.
 
 search.json (kind "hwbcnet.search", schema_version 1):
     arch        the chosen arch (model, bins, min_bins, code, widths per variable, channels per variable)
@@ -18,7 +19,8 @@ search.json (kind "hwbcnet.search", schema_version 1):
     scoring     {bn_images, final_bn_images, val_images, threads, queries_this_run, search_seconds, rescored,
                 rescore_seconds, seconds, archs_per_s}: the scorer's fidelity and where this run's time went
     verification  with --verify: {status "met" | "unmet", rounds [{arch, predicted_ms (corrected near the archs
-                measured before), lut_predicted_ms, measured_ms, budget_ms, status, ...}], message}; `arch` is then the pick that measured inside the window
+                measured before), lut_predicted_ms, measured_ms, budget_ms, status, ...}], message}; `arch` is
+                then the pick that measured inside the window
 The evolution state is kept next to it (search.state.json) so a killed search resumes.
 """
 
@@ -115,8 +117,8 @@ def run_search(checkpoint: str | Path, out: str | Path, *, flops=None, params=No
                lut_path=None, lower: float = 0.8, margin: str | float | None = "auto", init: str = "prior",
                evolution: EvolutionConfig | None = None, seed: int = 0, data: str | None = None,
                calibration_batches: int = DEFAULT_BN_BATCHES, final_calibration_batches: int | None = FINAL_BN_BATCHES,
-               rescore: int = FINAL_RESCORE, threads: int | None = None, verify: bool = False, loop: LoopConfig | None = None,
-               progress: bool = True, dist=None, backend=None) -> dict:
+               rescore: int = FINAL_RESCORE, threads: int | None = None, verify: bool = False,
+               loop: LoopConfig | None = None, progress: bool = True, dist=None, backend=None) -> dict:
     """`final_calibration_batches`: BN batches for re-scoring the `rescore` best archs by search score (at least
     the top-k; None: no re-scoring).
     `threads`: torch intra-op threads while scoring (None: auto_threads). `verify`: export and measure the
@@ -221,7 +223,7 @@ def _run_search(checkpoint, out, *, flops, params, latency, device, lut_path, lo
     search_seconds = time.perf_counter() - search_started
     new_queries = len(details)  # archs this process scored (a resumed search scored the rest before)
 
-    # The best archs by search score (the top-k at least) at full fidelity: the pick is the best of them by that score.
+    # The best archs by search score (the top-k at least) at full fidelity: the pick is the best of them by that.
     final_details: dict = {}
     by_search_score = sorted(outcome.scores.items(), key=lambda item: (-item[1], item[0]))
     top_keys = list(dict.fromkeys([tuple(int(c) for c in arch) for arch, _ in outcome.top]
