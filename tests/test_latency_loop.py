@@ -207,3 +207,25 @@ def test_verify_warns_when_the_load_differs_from_the_luts(tmp_path):
     legacy = compare_load({"busy_cores": 0.0, "load_average": [1.5, 1, 1]}, lut)
     assert legacy["load_comparable"] is False and "when the LUT was profiled" in legacy["load_warning"]
     assert compare_load({"busy_cores": 0.0, "load_average": [1.5, 1, 1]}, None)["load_comparable"] is None
+
+
+def test_a_window_the_refit_closes_ends_the_loop_with_its_reason(space, calibrated):
+    """After a miss the refitted calibration can widen the guard band past the window (a noisy round): the loop ends
+    unmet with that reason instead of failing, and keeps what it measured."""
+    path, profile, backend = calibrated
+    budget = _budget(space, path)
+    backend.factor = 1.15
+    calls = []
+
+    def make_constraints():
+        calls.append(1)
+        if len(calls) > 1:
+            raise HwbcnetError("--margin 11.9%: the latency guard band must lie in [0, 10%)")
+        return _window(space, path, budget)
+
+    outcome = close_latency_loop(space, profile, path, _ranked(space.random_archs(np.random.default_rng(5), 2000)),
+                                 make_constraints, config=LoopConfig(rounds=3, repeats=1, anchors=4), backend=backend,
+                                 progress=False)
+    assert outcome["status"] == "unmet" and len(outcome["rounds"]) == 1
+    assert outcome["message"].startswith("stopped before round 2: --margin 11.9%")
+    assert outcome["arch"] == tuple(space.parse_arch(outcome["rounds"][0]["arch"]))

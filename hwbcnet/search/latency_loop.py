@@ -78,7 +78,13 @@ def close_latency_loop(space, profile, lut_path: str | Path, ranked: list[tuple]
     researched = 0
     last_anchors, last_anchor_ms = np.zeros((0, space.num_vars), dtype=np.int64), np.zeros(0)
     for round_index in range(1, config.rounds + 1):
-        constraints = make_constraints()
+        try:
+            constraints = make_constraints()
+        except HwbcnetError as exc:  # e.g. the refitted calibration's guard band no longer leaves a window
+            if not rounds:
+                raise
+            return _unmet(space, measured_picks, rounds, researched, f"stopped before round {round_index}: {exc}",
+                          rounds[-1]["budget_ms"])
         latency = constraints.item("latency")
         if latency is None:
             raise HwbcnetError("verifying a search needs a latency budget (--latency with --device)")
