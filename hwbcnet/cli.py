@@ -664,19 +664,23 @@ def verify(
                                                                      "10ms."),
     lut: Optional[Path] = LutOpt,
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when the measurement exceeds the budget."),
+    repeats: int = REPEATS.option(3, "--repeats", help="Timing passes; the median pass counts (one pass on a shared "
+                                  "machine can be 10 % off)."),
     as_json: bool = JsonOpt,
 ):
     """Measure an exported model or engine with the device profile's settings: measured vs LUT-predicted vs budget."""
     from hwbcnet.export.verify import verify as verify_model
 
-    result = verify_model(model, device, budget_ms=budget, lut_path=lut, strict=strict)
+    result = verify_model(model, device, budget_ms=budget, lut_path=lut, strict=strict, repeats=repeats)
     if as_json:
         print(json.dumps(result))
     else:
         from hwbcnet.reporting import console, table
 
         predicted = f"{result['predicted_ms']:.3f} ms" if result["predicted_ms"] is not None else result["predicted_note"]
+        passes = ", ".join(f"{ms:.3f}" for ms in result["rounds_ms"])
         rows = [["measured (median)", f"{result['measured_ms']:.3f} ms (p10 {result['p10_ms']:.3f}, p90 {result['p90_ms']:.3f})"],
+                ["pass medians", f"{passes} ms"],
                 ["LUT predicted", predicted]]
         if result["error_pct"] is not None:
             rows.append(["prediction error", f"{result['error_pct']:+.1f} %"])

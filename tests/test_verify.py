@@ -169,3 +169,24 @@ def test_onnxruntime_measurement(exported, quick_cpu):
     assert over["within_budget"] is False and over["failed"] is True
     assert over["settings"] == {"backend": "onnxruntime", "precision": "fp32", "batch": 1, "threads": 1,
                                 "optimization_level": "all"}
+
+
+class OnePassSlowBackend(FixedBackend):
+    """Like FixedBackend, but one timing pass in three runs 10 % slow (another process woke up): 55.55 ms."""
+
+    def measure(self, onnx_bytes, profile, policy=None):
+        self.measured.append(onnx_bytes)
+        slow = 1.1 if len(self.measured) % 3 == 1 else 1.0
+        return summarize(slow * np.arange(1.0, 101.0), 0.05)
+
+
+def test_the_median_of_repeated_passes_counts(exported):
+    folder, _, _ = exported
+    backend = OnePassSlowBackend()
+    result = verify(folder / "model.onnx", "cpu", budget_ms="52ms", strict=True, backend=backend)
+    assert len(backend.measured) == 3 and result["rounds_ms"] == pytest.approx([50.5, 50.5, 55.55])
+    assert result["measured_ms"] == pytest.approx(50.5) and result["failed"] is False  # the slow pass does not count
+    single = verify(folder / "model.onnx", "cpu", budget_ms="52ms", strict=True, repeats=1, backend=OnePassSlowBackend())
+    assert single["measured_ms"] == pytest.approx(55.55) and single["failed"] is True
+    with pytest.raises(HwbcnetError, match="--repeats 0"):
+        verify(folder / "model.onnx", "cpu", repeats=0, backend=FixedBackend())
