@@ -11,6 +11,7 @@ Phases (results are saved as they go; a finished run is skipped when the script 
     python benchmarks/budget_hit.py --measure resnet20 # calibrate, search, loop, extract, export, verify: `quiet`
     python benchmarks/budget_hit.py --measure mobilenetv2 ; ... cbm-resnet ; ... cbm-mobilenet
     python benchmarks/budget_hit.py --table            # docs table + distribution PNG
+    python benchmarks/budget_hit.py --run NAME ...     # a separate run: budget_hit-NAME.json, its own docs section
 The digits supernets are runs/bench/supernets/{resnet20,mobilenetv2}/supernet.pt (`hwbcnet train --model M --data
 digits --epochs 10`); LUTs are read from --lut-dir (default runs/bench/lut) and copied per run.
 """
