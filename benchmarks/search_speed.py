@@ -36,6 +36,13 @@ WORK = Path("runs/bench/search_speed")
 BUDGET = ["--flops", "50%"]
 
 
+def full_search(generations: int = 40) -> list[str]:
+    """The pre-change default search, run with today's code (channels-last scoring gives the same scores up to float
+    rounding): population 50, 40 generations, no screen, every candidate scored with 20 BN batches (so there is
+    nothing to re-score at the end)."""
+    return ["--generations", str(generations), "--screen", "1", "--bn-batches", "20", "--final-bn-batches", "20"]
+
+
 def load_results() -> dict:
     if RESULT_FILE.exists():
         return read_json(RESULT_FILE, kind=KIND, schema_version=1)
@@ -159,8 +166,8 @@ def time_searches(results: dict) -> None:
         stale.unlink(missing_ok=True)
     wall = _run(["search", "-c", str(ROOT / CHECKPOINT), *BUDGET, "-o", str(out)], ROOT, ROOT)
     after = json.loads(out.read_text())
-    full_3 = [*FULL_SEARCH[:1], "3", *FULL_SEARCH[2:]]
-    before_wall = _run(["search", "-c", str(ROOT / CHECKPOINT), *BUDGET, "-o", str(before_out), *full_3], ROOT, ROOT)
+    before_wall = _run(["search", "-c", str(ROOT / CHECKPOINT), *BUDGET, "-o", str(before_out), *full_search(3)],
+                       ROOT, ROOT)
     before = json.loads(before_out.read_text())
     results["time"] = {
         "after": {"wall_s": wall, "queries": after["queries"], "scoring": after["scoring"],
@@ -172,17 +179,11 @@ def time_searches(results: dict) -> None:
     save(results, "time")
 
 
-# The pre-change default search, run with today's code (channels-last scoring gives the same scores up to float
-# rounding): population 50, 40 generations, no screen, every candidate scored with 20 BN batches (so there is nothing
-# to re-score at the end).
-FULL_SEARCH = ["--generations", "40", "--screen", "1", "--bn-batches", "20", "--final-bn-batches", "20"]
-
-
 def reference(seed: int, results: dict) -> None:
     """The full search on the same seed, resumable (about an hour on 2 cores)."""
     out = ROOT / WORK / f"reference-s{seed}" / "search.json"
     cpu = time.process_time()
-    wall = _run(["search", "-c", str(ROOT / CHECKPOINT), *BUDGET, "-o", str(out), "--seed", str(seed), *FULL_SEARCH],
+    wall = _run(["search", "-c", str(ROOT / CHECKPOINT), *BUDGET, "-o", str(out), "--seed", str(seed), *full_search()],
                 ROOT, ROOT)
     result = json.loads(out.read_text())
     results.setdefault("reference", {})[str(seed)] = {"arch": result["arch"]["code"], "score": result["score"],

@@ -88,10 +88,11 @@ def close_latency_loop(space, profile, lut_path: str | Path, ranked: list[tuple]
         latency = constraints.item("latency")
         if latency is None:
             raise HwbcnetError("verifying a search needs a latency budget (--latency with --device)")
+        lut_cost = latency.cost
         if measured_picks and config.correct_near_measured:
             # the budget stays as resolved; only the prediction it is compared with changes
             latency.cost = NeighbourCorrected(
-                latency.cost, np.concatenate([last_anchors, np.array([p for p, _ in measured_picks])]),
+                lut_cost, np.concatenate([last_anchors, np.array([p for p, _ in measured_picks])]),
                 np.concatenate([last_anchor_ms, [m for _, m in measured_picks]]))
         pick = _first_legal(constraints, ranked, rejected)
         if pick is None and research is not None:
@@ -116,7 +117,6 @@ def close_latency_loop(space, profile, lut_path: str | Path, ranked: list[tuple]
         measured = np.median(times, axis=1)
         pick_ms = float(measured[-1])
         predicted_ms = float(latency.cost(np.array([pick]))[0])
-        lut_cost = latency.cost.base if isinstance(latency.cost, NeighbourCorrected) else latency.cost
         lut_predicted_ms = float(lut_cost(np.array([pick]))[0])
         status = "over" if pick_ms > latency.high else "under" if pick_ms < latency.low else "within"
         record = {"round": round_index, "arch": space.format_arch(pick), "predicted_ms": predicted_ms,

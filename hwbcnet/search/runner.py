@@ -255,7 +255,7 @@ def _run_search(checkpoint, out, *, flops, params, latency, device, lut_path, lo
             backend, show)
         if best_key is None:
             best_key = ranked[0]
-        if best_key not in final_scores:  # a pick from beyond the top-k: score it like them
+        if best_key not in final_scores:  # a pick from beyond the re-scored set: score it like them
             pick_data = final_data if final_data is not None else eval_data
             supernet_fitness(supernet, pick_data, reduce, final_details)(np.array([best_key], dtype=np.int64))
             final_scores[best_key] = final_details[best_key]["score"]
@@ -321,7 +321,7 @@ def _verify_pick(space, device, lut_path, costs, search_scores, final_scores, ra
     profile = load_profile(device)
     path = Path(lut_path) if lut_path else default_lut_path(profile.name, space.slug, space.resolution,
                                                              profile.batch)
-    # the final top-k in their final order first (the pick without --verify comes first), then the search's rest
+    # the re-scored archs in their final order first (the pick without --verify comes first), then the rest
     rest = sorted((key for key in search_scores if key not in final_scores), key=lambda key: (-search_scores[key], key))
     ranked = list(ranked_top) + rest
 
