@@ -25,7 +25,7 @@ from hwbcnet.costs.calibration import calibrate_lut
 from hwbcnet.fileio import atomic_write_json, read_json
 from hwbcnet.hardware.lut import lut_path
 from hwbcnet.hardware.profiles import load_profile
-from hwbcnet.search.cbm_bench import SPACES, run_cbm_latency_bench
+from hwbcnet.search.cbm_bench import LOOP_METHOD, SPACES, run_cbm_latency_bench
 from hwbcnet.space import build_space
 
 SECTION = "Latency-constrained Channel-Bench-Macro"
@@ -83,6 +83,7 @@ def _range(values: list[float]) -> str:
 
 def write_table(results: dict) -> None:
     rows, lut_hits, lut_runs, under, over, missed, gaps = [], 0, 0, 0, 0, [], {c: [] for c in COMPARED}
+    loop_hits, loop_runs, loop_over = 0, 0, 0
     outcomes = {c: {"better": 0, "tied": 0, "worse": 0} for c in COMPARED}
     settings = results["settings"]
     for key in [f"{s} {b}" for s in SPACES for b in BUDGETS if f"{s} {b}" in settings]:
@@ -96,6 +97,11 @@ def write_table(results: dict) -> None:
         if misses:
             missed.append(f"{key} ({misses})")
         over += sum(p["ratio"] > 1 for p in lut["picks"])
+        loop = result["methods"].get(LOOP_METHOD)
+        if loop is not None:
+            loop_hits += sum(p["hit"] for p in loop["picks"])
+            loop_runs += len(loop["picks"])
+            loop_over += sum(p["ratio"] > 1 for p in loop["picks"])
         for compared in COMPARED:
             other = result["methods"].get(compared)
             mine = lut["acc_within_mean"]
@@ -132,6 +138,9 @@ def write_table(results: dict) -> None:
         "per seed, seeds 0-4: `lut-evolution-*` search the LUT window [0.9 B, (1 - margin) B] (margin = the "
         "guard band derived from the calibration's residuals, `--margin auto`), from the latency prior, from "
         "uniform draws, with the accuracy-predictor screen (4x children), and without the guard band; "
+        f"`{LOOP_METHOD}` is the prior-initialised search's evaluated archs through the loop of `hwbcnet search "
+        "--verify` (measure the pick; on a miss refit and correct the prediction, re-rank, search again; at most 3 "
+        "picks; each seed on its own copy of the calibrated LUT); "
         "`flops-evolution-prior` searches [0.9, 1] x the same fraction of the full FLOPs (a user without a LUT); "
         "`lut-random` samples the LUT window; `uniform` is the widest uniform width predicted within B. Every "
         "distinct pick was exported to ONNX and timed on the device, 5 interleaved rounds, median. "
@@ -145,7 +154,10 @@ def write_table(results: dict) -> None:
         f"({100 * lut_hits / max(lut_runs, 1):.0f} %; target >= 95 %); of the misses {under} measured under the "
         f"window (faster than predicted, still within budget) and {over} over budget; misses by setting: "
         f"{', '.join(missed) or 'none'}. LUT minus FLOPs-proxy accuracy ranges {_range(gaps['flops-evolution-prior'])} "
-        f"pt over the settings, LUT minus uniform {_range(gaps['uniform'])} pt. Guard bands: {margins}. "
+        f"pt over the settings, LUT minus uniform {_range(gaps['uniform'])} pt. " +
+        (f"Through the `--verify` loop the picks hit in {loop_hits} of {loop_runs} runs "
+         f"({100 * loop_hits / loop_runs:.0f} %), {loop_over} over budget. " if loop_runs else "") +
+        f"Guard bands: {margins}. "
         f"Calibration subnets "
         f"re-timed with the picks measured {drift} x their prediction (the machine's drift since calibration).\n")
     print(table)

@@ -18,8 +18,8 @@ from typer.core import TyperGroup
 from hwbcnet.cli_options import (ARCH, CALIB, DATA, DEVICE, MARGIN, MODEL, MODEL_KWARGS, MODULE_GLOB, Budget,
                                  Choice, ExistingFile, Float, Int, OutputDir, OutputFile)
 from hwbcnet.errors import HwbcnetError, MissingRuntimeError
-from hwbcnet.search.defaults import (DEFAULT_BN_BATCHES, DEFAULT_GENERATIONS, DEFAULT_SCREEN, FINAL_BN_BATCHES,
-                                     FINAL_RESCORE)
+from hwbcnet.search.defaults import (DEFAULT_BN_BATCHES, DEFAULT_GENERATIONS, DEFAULT_POPULATION, DEFAULT_SCREEN,
+                                     FINAL_BN_BATCHES, FINAL_RESCORE)
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click import exceptions as click_exceptions
@@ -228,7 +228,7 @@ def search(
                                 "calibration's relative residuals (0 when uncalibrated); or a percentage such as 3%, "
                                 "or 0."),
     init: str = Choice("prior", "random").option("prior", "--init", help="Initial population."),
-    population: int = Int(2, 10_000).option(50, "--population", help="Archs per generation."),
+    population: int = Int(2, 10_000).option(DEFAULT_POPULATION, "--population", help="Archs per generation."),
     generations: int = Int(1, 10_000).option(DEFAULT_GENERATIONS, "--generations", help="Generations of the "
                                              "evolution."),
     top_k: int = Int(1, 1_000).option(10, "--top-k", help="Elite archive size (parents of the next generation)."),
@@ -258,8 +258,7 @@ def search(
     from hwbcnet.search.runner import run_search
     from hwbcnet.training.distributed import DistContext
 
-    evolution = EvolutionConfig(population=population, generations=generations, top_k=top_k,
-                                mutations=population // 2, crossovers=population - population // 2, screen=screen)
+    evolution = EvolutionConfig.of_population(population, generations=generations, top_k=top_k, screen=screen)
     with DistContext.from_environment() as dist:
         result = run_search(checkpoint, out, flops=flops, params=params, latency=latency, device=device, lut_path=lut,
                             lower=lower, margin=margin, init=init, evolution=evolution, seed=seed,

@@ -28,7 +28,7 @@ class QuickstartConfig:
     device: str = "cpu"
     latency: str = "75%"  # of the full-width model's predicted latency
     flops: str = "60%"
-    population: int = 16
+    population: int = 10
     generations: int = 5
     calibration_samples: int = 10
     max_steps_per_epoch: int | None = None  # CI uses a cap: the same code path, fewer steps
@@ -47,6 +47,7 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
     from hwbcnet.hardware.profiler import build_lut
     from hwbcnet.hardware.profiles import load_profile
     from hwbcnet.costs.calibration import calibrate_lut
+    from hwbcnet.search.defaults import DEFAULT_SCREEN
     from hwbcnet.search.evolution import EvolutionConfig
     from hwbcnet.search.extract import extract_subnet, finetune_subnet, load_subnet
     from hwbcnet.search.runner import load_search, run_search
@@ -83,15 +84,15 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
 
     started = _stage(f"3/6 search: latency <= {config.latency}, FLOPs <= {config.flops}")
     search_file = out / "search.json"
-    evolution = EvolutionConfig(population=config.population, generations=config.generations, top_k=5,
-                                mutations=config.population // 2, crossovers=config.population - config.population // 2)
+    evolution = EvolutionConfig.of_population(config.population, generations=config.generations, top_k=5,
+                                              screen=DEFAULT_SCREEN)
     if search_file.exists() and load_search(search_file)["checkpoint"]["sha256"] == file_sha256(checkpoint):
         console.print(f"cached: {search_file}")
         result = load_search(search_file)
         result["pareto_png"] = str(search_file.with_name(search_file.stem + "-pareto.png"))
     else:
         result = run_search(checkpoint, search_file, latency=config.latency, flops=config.flops, device=config.device,
-                            lut_path=lut_file, evolution=evolution, rescore=10, verify=True)  # a short search
+                            lut_path=lut_file, evolution=evolution, verify=True)  # a short search
     timings["search"] = time.perf_counter() - started
 
     started = _stage("4/6 extract and fine-tune the subnet")

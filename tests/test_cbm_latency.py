@@ -39,7 +39,10 @@ def test_picks_are_measured_and_scored_against_the_confirmed_optimum(calibrated)
     assert result["budget_ms"] == pytest.approx(budget) and result["lower"] == 0.9
     assert set(result["methods"]) == {"lut-evolution-prior", "lut-evolution-random", "lut-evolution-prior+predictor",
                                       "lut-evolution-prior, no guard band", "flops-evolution-prior", "lut-random",
-                                      "uniform"}
+                                      "uniform", "lut-evolution-prior, --verify loop"}
+    # on a device the LUT predicts exactly, the loop accepts the search's own pick
+    assert (result["methods"]["lut-evolution-prior, --verify loop"]["picks"][0]["arch"]
+            == result["methods"]["lut-evolution-prior"]["picks"][0]["arch"])
     best = result["best_in_window"]
     assert best["confirmed"] and 0.9 * budget <= best["measured_ms"] <= budget
     assert result["drift"]["measured_over_predicted_median"] == pytest.approx(1.0)
@@ -58,13 +61,18 @@ def test_picks_are_measured_and_scored_against_the_confirmed_optimum(calibrated)
     assert cost(np.minimum(uniform + 1, space.bins)[None])[0] > budget or uniform[0] == space.bins
 
 
-def test_a_machine_slower_than_its_calibration_shows_as_drift_and_misses(calibrated):
+def test_a_machine_slower_than_its_calibration_shows_as_drift_and_misses_that_the_loop_corrects(calibrated):
     _, path, backend = calibrated
     backend.factor = 1.2
+    before = path.read_bytes()
     result = _bench(path, backend)
     assert result["drift"]["measured_over_predicted_median"] == pytest.approx(1.2)
     lut_pick = result["methods"]["lut-evolution-prior"]["picks"][0]
     assert lut_pick["measured_ms"] == pytest.approx(1.2 * lut_pick["predicted_ms"]) and not lut_pick["within_budget"]
+    # the loop measured the miss, refitted a copy of the LUT and found a pick that lies in the window
+    loop_pick = result["methods"]["lut-evolution-prior, --verify loop"]["picks"][0]
+    assert loop_pick["hit"]
+    assert path.read_bytes() == before  # the user's LUT keeps its calibration
 
 
 def test_bad_options(calibrated, capsys):

@@ -36,10 +36,12 @@ def device(trained, tmp_path, monkeypatch):
     return tmp_path / "lut.json", backend
 
 
-def _search(checkpoint, lut, out, budget_ms, capsys, *extra):
+def _search(checkpoint, lut, out, budget, capsys, *extra):
+    """`budget`: ms, or a budget string such as "90%"."""
     code = 0
     try:
-        main(["search", "-c", str(checkpoint), "-o", str(out), "--latency", f"{budget_ms:.6f}ms", "--device", "cpu",
+        main(["search", "-c", str(checkpoint), "-o", str(out), "--latency",
+              budget if isinstance(budget, str) else f"{budget:.6f}ms", "--device", "cpu",
               "--lut", str(lut), "--lower", "0.92", "--margin", "0", "--population", "8", "--generations", "2",
               "--top-k", "3", "--bn-batches", "1", "--final-bn-batches", "2", "--verify", "--verify-repeats", "1",
               *extra])
@@ -70,3 +72,19 @@ def test_a_miss_is_refitted_researched_and_met_and_an_unreachable_budget_exits_1
     code, captured = _search(checkpoint, lut, tmp_path / "again.json", budget, capsys, "--verify-rounds", "1")
     assert code == 1 and "not met after 1 verification round" in captured.out
     assert json.loads((tmp_path / "again.json").read_text())["verification"]["status"] == "unmet"
+
+
+def test_a_percentage_budget_is_resolved_once_so_a_refit_cannot_move_it(trained, device, tmp_path, capsys):
+    checkpoint, space = trained
+    lut, backend = device
+    budget = 0.9 * float(LatencyCost(space, Lut.load(lut))(space.full_arch()[None])[0])
+    backend.factor = 1.15  # uniformly slower: 90 % of the refitted full model would be 15 % more ms
+    code, captured = _search(checkpoint, lut, tmp_path / "search.json", "90%", capsys)
+    assert code == 0, captured.err
+    result = json.loads((tmp_path / "search.json").read_text())
+    rounds = result["verification"]["rounds"]
+    assert rounds[0]["status"] == "over" and rounds[-1]["status"] == "within" and len(rounds) >= 2
+    assert [r["budget_ms"] for r in rounds] == pytest.approx([budget] * len(rounds))
+    assert rounds[-1]["arch"] != rounds[0]["arch"] and rounds[-1]["measured_ms"] <= budget
+    latency = next(b for b in result["budgets"] if b["cost"] == "latency")
+    assert latency["budget"] == "90%" and latency["high"] == pytest.approx(budget)

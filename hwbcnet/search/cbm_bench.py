@@ -114,6 +114,43 @@ def _widest_uniform(space, cost, high: float) -> np.ndarray | None:
     return None
 
 
+LOOP_METHOD = "lut-evolution-prior, --verify loop"
+
+
+def _through_the_loop(space, device, profile, lut_file, budget_ms, lower, margin, scores, oracle, config, seed,
+                      backend) -> tuple:
+    """What `hwbcnet search --verify` adds to a search: its evaluated archs go through the latency loop (measure
+    the pick; on a miss refit and correct the prediction, re-rank, search again), on a copy of the LUT so that
+    every seed starts from the same calibration. The budget is the bench's B in ms: a percentage would be
+    re-resolved against each refit, and the picks are judged against B."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from hwbcnet.costs.latency import latency_cost_for
+    from hwbcnet.search.latency_loop import LoopConfig, close_latency_loop
+    from hwbcnet.search.runner import parse_margin
+
+    with tempfile.TemporaryDirectory() as folder:
+        lut_copy = Path(folder) / "lut.json"
+        shutil.copy(lut_file, lut_copy)
+
+        def make_constraints() -> Constraints:
+            cost = latency_cost_for(space, device, str(lut_copy))
+            return Constraints(space, [(cost, parse_budget("latency", f"{budget_ms:.6f}ms"))], lower,
+                               {"latency": parse_margin(margin, cost)})
+
+        def research(constraints, known):
+            again = EvolutionSearch(space, constraints, oracle, fit_prior(space, constraints, [], seed=seed),
+                                    config, seed=seed + 1).run(resume=False)
+            return sorted((k for k in again.scores if k not in known), key=lambda k: (-again.scores[k], k))
+
+        ranked = sorted(scores, key=lambda key: (-scores[key], key))
+        loop = close_latency_loop(space, profile, lut_copy, ranked, make_constraints, research, LoopConfig(),
+                                  backend=backend, progress=False)
+    return tuple(int(c) for c in loop["arch"])
+
+
 def run_cbm_latency_bench(space_name: str = "resnet", latency: str = "50%", device: str = "cpu",
                           lut_path: str | None = None, queries: int = 500, seeds: int = 5, lower: float = HIT_LOW,
                           margin: str | float = "auto", repeats: int = 5, candidates: int = 10,
@@ -124,7 +161,8 @@ def run_cbm_latency_bench(space_name: str = "resnet", latency: str = "50%", devi
     queries per seed: evolution under the LUT latency window [lower x B, (1 - margin) x B] from the latency prior,
     the same from uniform draws, the same with the predictor screen (4x children), the same without the guard band,
     evolution under a FLOPs window of the same fraction of the full model's FLOPs (a user without a LUT), random
-    search in the LUT window, and the widest uniform width predicted within B (one pick). Every distinct pick is then
+    search in the LUT window, the widest uniform width predicted within B (one pick), and the LUT-guided search's
+    evaluated archs through the latency loop of `--verify` (its accepted pick). Every distinct pick is then
     built standalone, exported to ONNX and timed on the device, `repeats` interleaved rounds, median, together with
     the best candidates for the window's ground-truth optimum: the `candidates` most accurate archs whose predicted
     latency lies within 5 % of [0.9 B, B]; the confirmed optimum is the most accurate of them that measures inside
@@ -176,11 +214,14 @@ def run_cbm_latency_bench(space_name: str = "resnet", latency: str = "50%", devi
         "lut-evolution-prior, no guard band": (no_guard, fit_prior(space, no_guard, [], seed=0), config),
         "flops-evolution-prior": (flops_window, fit_prior(space, flops_window, [], seed=0), config),
     }
-    picks: dict[str, list[tuple]] = {name: [] for name in [*methods, "lut-random", "uniform"]}
+    picks: dict[str, list[tuple]] = {name: [] for name in [*methods, LOOP_METHOD, "lut-random", "uniform"]}
     for seed in range(seeds):
         for name, (constraints, probs, cfg) in methods.items():
             outcome = EvolutionSearch(space, constraints, oracle, probs, cfg, seed=seed).run(resume=False)
             picks[name].append(tuple(int(c) for c in outcome.best))
+            if name == "lut-evolution-prior":
+                picks[LOOP_METHOD].append(_through_the_loop(space, device, profile, cost.lut.path, high, lower,
+                                                            margin, outcome.scores, oracle, config, seed, backend))
         arch, _ = _random_search(space, lut_window, oracle, queries, np.random.default_rng(10_000 + seed))
         picks["lut-random"].append(tuple(int(c) for c in arch))
     uniform = _widest_uniform(space, cost, high)

@@ -49,6 +49,12 @@ class EvolutionConfig:
                                f"{self.top_k} must be >= 1, mutations {self.mutations} and crossovers "
                                f"{self.crossovers} >= 0")
 
+    @classmethod
+    def of_population(cls, population: int, **options) -> "EvolutionConfig":
+        """A generation of `population` children, half mutations and half crossovers (BCNetV2's split)."""
+        return cls(population=population, mutations=population // 2, crossovers=population - population // 2,
+                   **options)
+
 
 @dataclass
 class SearchOutcome:

@@ -1,10 +1,11 @@
 """`hwbcnet search`: score archs with a trained supernet under budgets and write DIR/search.json.
 
 Scoring is where a search spends its time (BN recalibration, then validation accuracy, per path; see
-hwbcnet/training/scoring.py). The search scores candidates with `calibration_batches` BN batches and re-scores the
-`rescore` archs with the best search scores (at least its top-k) with `final_calibration_batches` (all the training
-images by default), choosing among them by that score; with `screen` > 1 an accuracy predictor picks which children
-deserve a supernet query at all.
+hwbcnet/training/scoring.py). The search scores candidates with `calibration_batches` BN batches; when that is
+fewer than `final_calibration_batches`, it re-scores the `rescore` archs with the best search scores (at least its
+top-k) with the latter and chooses among them by that score. By default both are 20 batches (every training image
+of digits): fewer batches rank archs wrongly (hwbcnet/search/defaults.py). With `screen` > 1 an accuracy predictor
+picks which children deserve a supernet query at all.
 
 search.json (kind "hwbcnet.search", schema_version 1):
     arch        the chosen arch (model, bins, min_bins, code, widths per variable, channels per variable)
@@ -34,13 +35,13 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from hwbcnet.budgets import parse_budget, read_margin
+from hwbcnet.budgets import Budget, parse_budget, read_margin
 from hwbcnet.costs.flops import flops_cost, params_cost
 from hwbcnet.errors import HwbcnetError
 from hwbcnet.fileio import NUMBER, atomic_write_json, check_fields, file_sha256, read_json
 from hwbcnet.search.constraints import Constraints
-from hwbcnet.search.defaults import (DEFAULT_BN_BATCHES, DEFAULT_GENERATIONS, DEFAULT_SCREEN, FINAL_BN_BATCHES,
-                                     FINAL_RESCORE)
+from hwbcnet.search.defaults import (DEFAULT_BN_BATCHES, DEFAULT_GENERATIONS, DEFAULT_POPULATION, DEFAULT_SCREEN,
+                                     FINAL_BN_BATCHES, FINAL_RESCORE)
 from hwbcnet.search.evolution import EvolutionConfig, EvolutionSearch
 from hwbcnet.search.latency_loop import LoopConfig, close_latency_loop
 from hwbcnet.search.prior import fit_prior
@@ -69,8 +70,9 @@ def parse_margin(text: str | float | None, latency_cost=None) -> float:
 
 def build_constraints(space, *, flops=None, params=None, latency=None, device=None, lut_path=None, lower=0.8,
                       margin: str | float | None = "auto"):
-    """Costs for every budget given; FLOPs and params are always reported, latency when a device is given.
-    `margin` is the latency budget's guard band (ignored without a latency budget)."""
+    """Costs for every budget given (a budget string, or a parsed Budget); FLOPs and params are always reported,
+    latency when a device is given. `margin` is the latency budget's guard band (ignored without a latency
+    budget)."""
     costs = {"flops": flops_cost(space), "params": params_cost(space)}
     if device is not None:
         from hwbcnet.costs.latency import latency_cost_for
@@ -78,7 +80,7 @@ def build_constraints(space, *, flops=None, params=None, latency=None, device=No
         costs["latency"] = latency_cost_for(space, device, lut_path)
     elif latency is not None:
         raise HwbcnetError("--latency needs --device (the LUT's device profile, e.g. --device cpu)")
-    pairs = [(costs[name], parse_budget(name, text)) for name, text in
+    pairs = [(costs[name], text if isinstance(text, Budget) else parse_budget(name, text)) for name, text in
              (("flops", flops), ("params", params), ("latency", latency)) if text is not None]
     if not pairs:
         raise HwbcnetError("give at least one budget: --flops, --params or --latency")
@@ -203,8 +205,10 @@ def _run_search(checkpoint, out, *, flops, params, latency, device, lut_path, lo
         final_data = final_data.to(compute) if final_data is not None else None
     details: dict = {}
     out = Path(out)
-    # the command line's defaults: few generations, screened children (docs/benchmarks.md, "Search speed")
-    config = evolution or EvolutionConfig(generations=DEFAULT_GENERATIONS, screen=DEFAULT_SCREEN)
+    # the command line's defaults: a small population, few generations, strongly screened children
+    # (docs/benchmarks.md, "Search speed")
+    config = evolution or EvolutionConfig.of_population(DEFAULT_POPULATION, generations=DEFAULT_GENERATIONS,
+                                                        screen=DEFAULT_SCREEN)
     show = progress and (dist is None or dist.rank == 0)
     fitness = supernet_fitness(supernet, eval_data, reduce, details)
     columns = [TextColumn("[bold]search"), BarColumn(), MofNCompleteColumn(), TextColumn("best {task.fields[best]:.2f}"),
@@ -247,6 +251,11 @@ def _run_search(checkpoint, out, *, flops, params, latency, device, lut_path, lo
     verification = None
     all_scores = dict(outcome.scores)  # every evaluated arch (a re-search of the latency loop adds to it)
     if verify:
+        if latency is not None:
+            # a percentage is resolved once, against the LUT the search ran on: the loop's refits must not move the
+            # budget (on a device 15 % slower than calibrated, 60 % of the refitted full model would let the very
+            # pick that measured over the budget fit)
+            latency = Budget("latency", value=constraints.item("latency").high, text=latency)
         verification, best_key, costs = _verify_pick(
             space, device, lut_path, costs, all_scores, final_scores, ranked,
             dict(flops=flops, params=params, latency=latency, device=device, lut_path=lut_path, lower=lower,
@@ -290,7 +299,8 @@ def _run_search(checkpoint, out, *, flops, params, latency, device, lut_path, lo
                     "final_bn_images": final_data.calibration_images if final_data is not None else None,
                     "val_images": eval_data.validation_images, "threads": torch.get_num_threads(),
                     "queries_this_run": new_queries, "search_seconds": search_seconds,
-                    "rescored": len(top_keys), "rescore_seconds": rescore_seconds, "seconds": total_seconds,
+                    "rescored": len(top_keys) if final_data is not None else 0, "rescore_seconds": rescore_seconds,
+                    "seconds": total_seconds,
                     "archs_per_s": new_queries / search_seconds if search_seconds > 0 else None},
     }
     if verification is not None:
