@@ -250,6 +250,9 @@ def search(
     verify_rounds: int = Int(1, 100).option(3, "--verify-rounds", help="With --verify: picks measured at most."),
     verify_repeats: int = REPEATS.option(3, "--verify-repeats", help="With --verify: interleaved timing rounds per "
                                          "model."),
+    verify_headroom: float = Float(0, 0.1, max_open=True).option(
+        0.01, "--verify-headroom", help="With --verify: accept a pick measured at most (1 - HEADROOM) x budget (a "
+        "median repeats within about 1 % on a quiet CPU)."),
 ):
     """Evolutionary width search under budgets, scored by the supernet (resumable)."""
     from hwbcnet.reporting import console, table
@@ -265,7 +268,8 @@ def search(
                             calibration_batches=calibration_batches,
                             final_calibration_batches=final_calibration_batches, rescore=rescore, threads=threads,
                             verify=verify,
-                            loop=LoopConfig(rounds=verify_rounds, repeats=verify_repeats), dist=dist)
+                            loop=LoopConfig(rounds=verify_rounds, repeats=verify_repeats, headroom=verify_headroom),
+                            dist=dist)
     if dist is not None and dist.rank != 0:
         return
     cost_cols = ["flops", "params"] + (["latency_ms"] if "latency_ms" in result["costs"] else [])

@@ -112,6 +112,31 @@ def test_a_slower_machine_is_caught_refitted_and_the_next_pick_measures_within(s
     assert calibration["history"][0]["b"] == pytest.approx(B)
 
 
+def test_a_pick_at_the_budgets_edge_is_not_accepted(space, calibrated, calibrated_once):
+    path, profile, backend = calibrated  # speed 1: the LUT predicts every arch exactly
+    cost = LatencyCost(space, Lut.load(path))
+    archs = space.random_archs(np.random.default_rng(2), 3000)
+    times = cost(archs)
+    edge = archs[np.argsort(times)[len(times) // 2]]
+    budget = float(cost(edge[None])[0]) / 0.995  # the edge pick measures 0.995 x budget
+    inside = archs[(times >= 0.92 * budget) & (times <= 0.98 * budget)]
+    ranked = [tuple(int(c) for c in edge)] + _ranked(inside)
+    outcome = close_latency_loop(space, profile, path, ranked, lambda: _window(space, path, budget),
+                                 config=LoopConfig(rounds=3, repeats=1, anchors=4), backend=backend, progress=False)
+    assert [r["status"] for r in outcome["rounds"]] == ["edge", "within"] and outcome["status"] == "met"
+    first, second = outcome["rounds"]
+    assert first["measured_ms"] == pytest.approx(0.995 * budget) and first["accept_ms"] == pytest.approx(0.99 * budget)
+    assert second["measured_ms"] <= 0.99 * budget and outcome["arch"] != ranked[0]
+    # without headroom the edge pick is accepted
+    shutil.copy(calibrated_once, path)
+    relaxed = close_latency_loop(space, profile, path, ranked, lambda: _window(space, path, budget),
+                                 config=LoopConfig(rounds=3, repeats=1, anchors=4, headroom=0.0), backend=backend,
+                                 progress=False)
+    assert [r["status"] for r in relaxed["rounds"]] == ["within"] and relaxed["arch"] == ranked[0]
+    with pytest.raises(HwbcnetError, match="headroom"):
+        LoopConfig(headroom=0.2).check()
+
+
 def test_no_legal_arch_left_searches_again_under_the_corrected_prediction(space, calibrated):
     path, profile, backend = calibrated
     budget = _budget(space, path)
@@ -169,7 +194,7 @@ def test_a_region_the_lut_mispredicts_is_corrected_near_the_measured_pick(space,
         shutil.copy(path, lut_file)
         outcome = close_latency_loop(
             space, profile, lut_file, ranked, lambda: _window(space, lut_file, budget),
-            config=LoopConfig(rounds=3, repeats=1, anchors=8, correct_near_measured=correct),
+            config=LoopConfig(rounds=3, repeats=1, anchors=8, correct_near_measured=correct, headroom=0.0),
             backend=RegionalErrorBackend(stem_full, 0.8, a_ms=A_MS, b=B), progress=False)
         assert outcome["rounds"][0]["status"] == "under"
         rounds[correct] = outcome["rounds"]
