@@ -133,7 +133,7 @@ def test_a_pick_at_the_budgets_edge_is_not_accepted(space, calibrated, calibrate
                                  config=LoopConfig(rounds=3, repeats=1, anchors=4, headroom=0.0), backend=backend,
                                  progress=False)
     assert [r["status"] for r in relaxed["rounds"]] == ["within"] and relaxed["arch"] == ranked[0]
-    with pytest.raises(HwbcnetError, match="headroom"):
+    with pytest.raises(HwbcnetError, match="--verify-headroom"):
         LoopConfig(headroom=0.2).check()
 
 

@@ -47,7 +47,7 @@ class LoopConfig:
         if self.anchors < 3:
             raise HwbcnetError(f"{self.anchors} anchors: a refit needs at least 3 calibration subnets")
         if not 0 <= self.headroom < 0.1:
-            raise HwbcnetError(f"headroom {self.headroom}: must lie in [0, 0.1)")
+            raise HwbcnetError(f"--verify-headroom {self.headroom}: must lie in [0, 0.1)")
 
 
 def _first_legal(constraints: Constraints, ranked: list[tuple], rejected: set) -> tuple | None:

@@ -20,8 +20,8 @@ search.json (kind "hwbcnet.search", schema_version 1):
     scoring     {bn_images, final_bn_images, val_images, threads, queries_this_run, search_seconds, rescored,
                 rescore_seconds, seconds, archs_per_s}: the scorer's fidelity and where this run's time went
     verification  with --verify: {status "met" | "unmet", rounds [{arch, predicted_ms (corrected near the archs
-                measured before), lut_predicted_ms, measured_ms, budget_ms, status, ...}], message}; `arch` is
-                then the pick that measured inside the window
+                measured before), lut_predicted_ms, measured_ms, budget_ms, accept_ms, status "within" | "edge"
+                | "over" | "under", ...}], message}; `arch` is then the pick that measured inside the window
 The evolution state is kept next to it (search.state.json) so a killed search resumes.
 """
 
