@@ -51,18 +51,21 @@ def test_mobilenetv3_small_through_the_whole_loop(tmp_path, capsys, monkeypatch)
     code, _, err = run_cli(["lut", "calibrate", "--device", profile, *SPACE[:6], "--samples", 4], capsys)
     assert code == 0, err
 
-    code, out, err = run_cli(["info", *SPACE, "--device",
-                              profile, "--arch", "full", "--json"], capsys)
-    full_ms = json.loads(out)["latency_ms"]
-    budget = f"{0.85 * full_ms:.4f}ms"
-    # --margin 0: the guard band fitted on 4 calibration subnets of a busy CI machine can exceed the 15 % between
-    # this budget and the full model (mobilenetv3-small's narrowest arch is ~80 % of it at 32 px)
+    predicted = {}
+    for arch in ("full", "min"):
+        code, out, err = run_cli(["info", *SPACE, "--device", profile, "--arch", arch, "--json"], capsys)
+        predicted[arch] = json.loads(out)["latency_ms"]
+    # halfway between the narrowest and the full arch: mobilenetv3-small's narrowest arch is 80-90 % of the full
+    # one at 32 px, depending on the machine's calibration, so a fixed fraction can be unsatisfiable on a busy CI
+    # machine. --margin 0: the guard band fitted on 4 calibration subnets can exceed that gap.
+    budget_ms = (predicted["min"] + predicted["full"]) / 2
+    budget = f"{budget_ms:.4f}ms"
     code, _, err = run_cli(["search", "-c", run / "supernet.pt", "--latency", budget, "--flops", "90%", "--device",
                             profile, "--margin", "0", "--population", 6, "--generations", 1, "--bn-batches", 2,
                             "-o", run / "search.json"], capsys)
     assert code == 0, err
     search = json.loads((run / "search.json").read_text())
-    assert search["costs"]["latency_ms"] <= 0.85 * full_ms + 1e-9
+    assert search["costs"]["latency_ms"] <= budget_ms + 1e-4
     code, _, err = run_cli(["extract", "--search", run / "search.json", "--out", run / "subnet.pt"], capsys)
     assert code == 0, err
     code, out, err = run_cli(["export", "--subnet", run / "subnet.pt", "--onnx", run / "model.onnx", "--json"], capsys)
