@@ -66,7 +66,7 @@ def base_lut(args, model: str) -> Path:
     return lut_path(profile.name, space.slug, space.resolution, profile.batch, root=args.lut_dir)
 
 
-def fixed_budget(model: str, budget: str, lut_file: Path, args) -> str:
+def fixed_budget(model: str, budget: str, lut_file: Path, args) -> float:
     """The budget in ms: the fraction of the full model's latency predicted by the freshly calibrated LUT. Resolved
     once, so that the loop's refits do not move it (a percentage is re-resolved against each refit) and the search,
     the loop and `verify` all judge against the same number."""
@@ -75,7 +75,7 @@ def fixed_budget(model: str, budget: str, lut_file: Path, args) -> str:
     space = build_space(model, resolution=load_profile(args.device).resolution)
     cost = latency_cost_for(space, args.device, lut_file)
     full_ms = float(cost(space.full_arch()[None])[0])
-    return f"{float(budget.rstrip('%')) / 100 * full_ms:.6f}ms"
+    return float(budget.rstrip('%')) / 100 * full_ms
 
 
 def _verify_and_record(model, budget, folder, onnx_file, lut_file, args, record, results):
@@ -112,7 +112,7 @@ def measure_supernet(model, args, results) -> None:
             (folder / stale).unlink(missing_ok=True)
         started = time.perf_counter()
         result = run_search(args.supernets / model / "supernet.pt", folder / "search.json",
-                            latency=fixed_budget(model, budget, folder / "lut.json", args),
+                            latency=f"{fixed_budget(model, budget, folder / 'lut.json', args):.6f}ms",
                             device=args.device, lut_path=folder / "lut.json", lower=LOWER,
                             evolution=EvolutionConfig(**EVOLUTION), **SCORING, verify=True, loop=LoopConfig(),
                             progress=not args.quiet)
@@ -132,9 +132,8 @@ def measure_supernet(model, args, results) -> None:
 def measure_oracle(model, args, results) -> None:
     """A Channel-Bench-Macro space: evolution with the ground truth as fitness, then the same loop, export, verify."""
     from hwbcnet.export.onnx_export import export_onnx
-    from hwbcnet.search.cbm_bench import load_ground_truth
+    from hwbcnet.search.cbm_bench import load_ground_truth, oracle_latency_loop
     from hwbcnet.search.evolution import EvolutionConfig, EvolutionSearch
-    from hwbcnet.search.latency_loop import LoopConfig, close_latency_loop
     from hwbcnet.search.prior import fit_prior
     from hwbcnet.search.runner import build_constraints
     from hwbcnet.supernet.extract import build_standalone
@@ -152,24 +151,13 @@ def measure_oracle(model, args, results) -> None:
         folder = run_dir(args, model, budget)
 
         budget_ms = fixed_budget(model, budget, folder / "lut.json", args)
-
-        def make_constraints():
-            return build_constraints(space, latency=budget_ms, device=args.device, lut_path=folder / "lut.json",
-                                     lower=LOWER)[0]
-
-        constraints = make_constraints()
+        constraints = build_constraints(space, latency=f"{budget_ms:.6f}ms", device=args.device,
+                                        lut_path=folder / "lut.json", lower=LOWER)[0]
         config = EvolutionConfig(max_queries=500, generations=11)
         outcome = EvolutionSearch(space, constraints, oracle, fit_prior(space, constraints, [], seed=0), config,
                                   seed=0).run()
-
-        def research(new_constraints, known):
-            again = EvolutionSearch(space, new_constraints, oracle, fit_prior(space, new_constraints, [], seed=1),
-                                    config, seed=1).run()
-            return sorted((k for k in again.scores if k not in known), key=lambda k: (-again.scores[k], k))
-
-        ranked = sorted(outcome.scores, key=lambda k: (-outcome.scores[k], k))
-        loop = close_latency_loop(space, profile, folder / "lut.json", ranked, make_constraints, research,
-                                  LoopConfig(), progress=not args.quiet)
+        loop = oracle_latency_loop(space, args.device, folder / "lut.json", budget_ms, LOWER, "auto", outcome.scores,
+                                   oracle, config, seed=0, progress=not args.quiet)
         arch = np.array(loop["arch"], dtype=np.int64)
         export_onnx(build_standalone(space, arch), space, arch, folder / "model.onnx")
         latency = constraints.item("latency")

@@ -28,7 +28,7 @@ import numpy as np
 from _report import RESULTS, ROOT, markdown_table, write_section
 
 from hwbcnet.fileio import atomic_write_json, read_json
-from hwbcnet.search.defaults import DEFAULT_SCREEN
+from hwbcnet.search.defaults import DEFAULT_POPULATION, DEFAULT_SCREEN
 
 SECTION = "Search speed"
 RESULT_FILE = RESULTS / "search_speed.json"
@@ -117,13 +117,14 @@ def fidelity(results: dict, batches=(2, 4, 6, 20), seed: int = 0) -> None:
     from scipy.stats import spearmanr
 
     from hwbcnet.data import load_data
+    from hwbcnet.search.evolution import STATE_KIND
     from hwbcnet.training.scoring import EvalData, score_arch
     from hwbcnet.training.trainer import load_supernet
 
     torch.set_num_threads(2)
     supernet, payload = load_supernet(CHECKPOINT)
     splits = load_data(payload["config"]["data"], supernet.space.resolution, seed=payload["config"]["seed"])
-    state = read_json(WORK / f"reference-s{seed}" / "search.state.json", kind="hwbcnet.search-state")
+    state = read_json(WORK / f"reference-s{seed}" / "search.state.json", kind=STATE_KIND)
     scored = sorted(((tuple(arch), score) for arch, score in state["cache"]), key=lambda item: (-item[1], item[0]))
     others = np.random.default_rng(1).choice(np.arange(40, len(scored)), 40, replace=False)
     sample = scored[:40] + [scored[i] for i in sorted(others)]
@@ -314,7 +315,8 @@ def write_table(results: dict) -> None:
             "paths, 2 threads, partly beside other jobs). Few batches do not just add noise: they read the best "
             "archs low and rank them in reverse, so a search on them climbs to another region. The "
             "default therefore scores every candidate with all the training images and buys the time back with "
-            "fewer, better-chosen candidates (population 20, predictor screen 8).\n\n" +
+            f"fewer, better-chosen candidates (population {DEFAULT_POPULATION}, predictor screen "
+            f"{DEFAULT_SCREEN}).\n\n" +
             markdown_table(["BN batches", "BN images", "s / arch", "Spearman, all", "Spearman, 40 best",
                             "difference (pt)", "difference, 40 best (pt)"], rows))
     if "time" in results:

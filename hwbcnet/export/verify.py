@@ -35,7 +35,7 @@ def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = N
 
     `budget_ms`: milliseconds, or a time string such as "10ms". `repeats`: timing passes; the result is the pass
     with the median median, since one pass on a shared machine can be 10 % off (docs/benchmarks.md, "Budget hit
-    after export (correction)"). Returns measured_ms (median), rounds_ms (each pass's median), p10_ms, p90_ms,
+    after export"). Returns measured_ms (median), rounds_ms (each pass's median), p10_ms, p90_ms,
     predicted_ms (None when no prediction is possible; `predicted_note` says where it came from or why not),
     error_pct = 100 (predicted - measured) / measured, budget_ms, within_budget (None without a budget) and
     `failed`: True when `strict` and the measurement is over budget (the CLI exits 1 then)."""

@@ -117,37 +117,44 @@ def _widest_uniform(space, cost, high: float) -> np.ndarray | None:
 LOOP_METHOD = "lut-evolution-prior, --verify loop"
 
 
-def _through_the_loop(space, device, profile, lut_file, budget_ms, lower, margin, scores, oracle, config, seed,
+def oracle_latency_loop(space, device: str, lut_file, budget_ms: float, lower: float, margin, scores: dict, oracle,
+                        config: EvolutionConfig, seed: int, backend=None, progress: bool = False) -> dict:
+    """What `hwbcnet search --verify` adds to a search with the ground truth as fitness: the evaluated archs
+    (`scores`) go through the latency loop (measure the pick; on a miss refit `lut_file` and correct the prediction,
+    re-rank, search again with seed + 1). The budget stays `budget_ms`: a percentage would be re-resolved against
+    each refit. Returns close_latency_loop's record."""
+    from hwbcnet.hardware.profiles import load_profile
+    from hwbcnet.search.latency_loop import LoopConfig, close_latency_loop
+    from hwbcnet.search.runner import build_constraints
+
+    budget = Budget("latency", value=budget_ms, text=f"{budget_ms:.3f}ms")
+
+    def make_constraints() -> Constraints:
+        return build_constraints(space, latency=budget, device=device, lut_path=lut_file, lower=lower,
+                                 margin=margin)[0]
+
+    def research(constraints, known):
+        again = EvolutionSearch(space, constraints, oracle, fit_prior(space, constraints, [], seed=seed + 1),
+                                config, seed=seed + 1).run(resume=False)
+        return sorted((k for k in again.scores if k not in known), key=lambda k: (-again.scores[k], k))
+
+    ranked = sorted(scores, key=lambda key: (-scores[key], key))
+    return close_latency_loop(space, load_profile(device), lut_file, ranked, make_constraints, research, LoopConfig(),
+                              backend=backend, progress=progress)
+
+
+def _through_the_loop(space, device, lut_file, budget_ms, lower, margin, scores, oracle, config, seed,
                       backend) -> tuple:
-    """What `hwbcnet search --verify` adds to a search: its evaluated archs go through the latency loop (measure
-    the pick; on a miss refit and correct the prediction, re-rank, search again), on a copy of the LUT so that
-    every seed starts from the same calibration. The budget is the bench's B in ms: a percentage would be
-    re-resolved against each refit, and the picks are judged against B."""
+    """The loop's accepted arch, on a copy of the LUT so that every seed starts from the same calibration."""
     import shutil
     import tempfile
     from pathlib import Path
 
-    from hwbcnet.costs.latency import latency_cost_for
-    from hwbcnet.search.latency_loop import LoopConfig, close_latency_loop
-    from hwbcnet.search.runner import parse_margin
-
     with tempfile.TemporaryDirectory() as folder:
         lut_copy = Path(folder) / "lut.json"
         shutil.copy(lut_file, lut_copy)
-
-        def make_constraints() -> Constraints:
-            cost = latency_cost_for(space, device, str(lut_copy))
-            return Constraints(space, [(cost, parse_budget("latency", f"{budget_ms:.6f}ms"))], lower,
-                               {"latency": parse_margin(margin, cost)})
-
-        def research(constraints, known):
-            again = EvolutionSearch(space, constraints, oracle, fit_prior(space, constraints, [], seed=seed),
-                                    config, seed=seed + 1).run(resume=False)
-            return sorted((k for k in again.scores if k not in known), key=lambda k: (-again.scores[k], k))
-
-        ranked = sorted(scores, key=lambda key: (-scores[key], key))
-        loop = close_latency_loop(space, profile, lut_copy, ranked, make_constraints, research, LoopConfig(),
-                                  backend=backend, progress=False)
+        loop = oracle_latency_loop(space, device, lut_copy, budget_ms, lower, margin, scores, oracle, config, seed,
+                                   backend)
     return tuple(int(c) for c in loop["arch"])
 
 
@@ -220,8 +227,8 @@ def run_cbm_latency_bench(space_name: str = "resnet", latency: str = "50%", devi
             outcome = EvolutionSearch(space, constraints, oracle, probs, cfg, seed=seed).run(resume=False)
             picks[name].append(tuple(int(c) for c in outcome.best))
             if name == "lut-evolution-prior":
-                picks[LOOP_METHOD].append(_through_the_loop(space, device, profile, cost.lut.path, high, lower,
-                                                            margin, outcome.scores, oracle, config, seed, backend))
+                picks[LOOP_METHOD].append(_through_the_loop(space, device, cost.lut.path, high, lower, margin,
+                                                            outcome.scores, oracle, config, seed, backend))
         arch, _ = _random_search(space, lut_window, oracle, queries, np.random.default_rng(10_000 + seed))
         picks["lut-random"].append(tuple(int(c) for c in arch))
     uniform = _widest_uniform(space, cost, high)
