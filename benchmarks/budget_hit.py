@@ -27,6 +27,7 @@ import numpy as np
 from _report import RESULTS, ROOT, markdown_table, write_section
 
 from hwbcnet.costs.calibration import calibrate_lut
+from hwbcnet.export.verify import SPEED_REFERENCES, SPEED_TOLERANCE
 from hwbcnet.fileio import atomic_write_json, read_json
 from hwbcnet.hardware.lut import lut_path
 from hwbcnet.hardware.profiles import load_profile
@@ -88,7 +89,8 @@ def _verify_and_record(model, budget, folder, onnx_file, lut_file, args, record,
                   final_ratio=verified["measured_ms"] / high, final_predicted_ms=verified["predicted_ms"],
                   hit=bool(LOWER * high <= verified["measured_ms"] <= high),
                   first_hit=bool(LOWER * first["budget_ms"] <= first["measured_ms"] <= first["budget_ms"]),
-                  load_warning=verified["load_warning"])
+                  load_warning=verified["load_warning"], speed_ratio=verified["speed_ratio"],
+                  speed_comparable=verified["speed_comparable"], speed_references=verified["speed_references"])
     results["runs"][f"{model} {budget}"] = record
     atomic_write_json(result_file(args), results)
     print(f"{model} {budget}: first pick {record['first_ratio']:.3f} x budget, loop {record['status']} after "
@@ -184,6 +186,19 @@ def measure(model: str, args, results: dict) -> None:
     (measure_supernet if SETTINGS[model] == "supernet" else measure_oracle)(model, args, results)
 
 
+def _speed_summary(checked: list) -> str:
+    """What verify's speed check saw: how many runs found the device at its calibrated speed, and their hits."""
+    if not checked:
+        return ""
+    comparable = [r for r in checked if r["speed_comparable"]]
+    ratios = ", ".join(f"{r['speed_ratio']:.3f}" for r in checked)
+    return (f"\n`verify` re-timed {SPEED_REFERENCES} of the LUT's calibration subnets between its passes in "
+            f"{len(checked)} run(s) (the others predate that check): the device ran at its calibrated speed (within "
+            f"{100 * SPEED_TOLERANCE:.0f} %) in "
+            f"{len(comparable)}, and those exported models hit in {sum(r['hit'] for r in comparable)} of "
+            f"{len(comparable)}; speed ratios {ratios}.\n")
+
+
 def write_table(results: dict, args) -> None:
     from hwbcnet.plots import plt, save_png
 
@@ -193,9 +208,11 @@ def write_table(results: dict, args) -> None:
              f"{r['final_ratio']:.3f}", "yes" if r["hit"] else "no"] for r in runs]
     headers = ["setting", "budget", "budget ms", "guard band %", "final arch", "first pick measured / budget",
                "first pick hit", "loop", "rounds", "exported model measured / budget", "hit"]
-    if all("reverified_ratio" in r for r in runs):  # a later `verify --repeats 3` of the same files
-        headers.append("re-verified later / budget (3 passes)")
-        rows = [row + [f"{r['reverified_ratio']:.3f}"] for row, r in zip(rows, runs)]
+    checked = [r for r in runs if r.get("speed_ratio") is not None]  # verify's speed check (runs since it exists)
+    if checked:
+        headers.append("device speed at verify / calibrated")
+        rows = [row + [f"{r['speed_ratio']:.3f}" if r.get("speed_ratio") is not None else "-"]
+                for row, r in zip(rows, runs)]
     table = markdown_table(headers, rows)
     first = np.array([r["first_ratio"] for r in runs])
     final = np.array([r["final_ratio"] for r in runs])
@@ -228,7 +245,7 @@ def write_table(results: dict, args) -> None:
         f"\nWithin [0.9, 1.0] x budget: exported models {hits} of {len(runs)} ({100 * hits / len(runs):.0f} %; "
         f"target >= 95 %); first picks {first_hits} of {len(runs)} ({100 * first_hits / len(runs):.0f} %). "
         f"Distribution of measured / budget (min, p10, median, p90, max): exported models {quantiles(final)}; "
-        f"first picks {quantiles(first)}.\n")
+        f"first picks {quantiles(first)}.\n" + _speed_summary(checked))
     print(table)
     write_section(f"{SECTION} ({args.run})" if args.run else SECTION, body)
 

@@ -669,12 +669,16 @@ def verify(
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when the measurement exceeds the budget."),
     repeats: int = REPEATS.option(3, "--repeats", help="Timing passes; the median pass counts (one pass on a shared "
                                   "machine can be 10 % off)."),
+    speed_check: int = Int(0, 20).option(3, "--speed-check", help="Subnets of the LUT's calibration re-timed between "
+                                         "the passes, to tell whether the device runs at its calibrated speed (0: "
+                                         "off; ONNX Runtime devices)."),
     as_json: bool = JsonOpt,
 ):
     """Measure an exported model or engine with the device profile's settings: measured vs LUT-predicted vs budget."""
     from hwbcnet.export.verify import verify as verify_model
 
-    result = verify_model(model, device, budget_ms=budget, lut_path=lut, strict=strict, repeats=repeats)
+    result = verify_model(model, device, budget_ms=budget, lut_path=lut, strict=strict, repeats=repeats,
+                          speed_check=speed_check)
     if as_json:
         print(json.dumps(result))
     else:
@@ -689,11 +693,18 @@ def verify(
             rows.append(["prediction error", f"{result['error_pct']:+.1f} %"])
         if result["budget_ms"] is not None:
             rows.append(["budget", f"{result['budget_ms']:.3f} ms ({'within' if result['within_budget'] else 'OVER'})"])
+        if result["speed_ratio"] is not None:
+            rows.append(["device speed vs LUT calibration",
+                         f"{result['speed_ratio']:.3f} x the calibrated time ({result['speed_note']})"])
+            rows.append(["measured at the calibrated speed", f"{result['measured_at_calibrated_speed_ms']:.3f} ms"])
+        else:
+            rows.append(["device speed check", result["speed_note"]])
         console.print(table(f"verify {model} on {result['device']}", ["metric", "value"], rows, justify_numbers=False))
         if not result["stable"]:
             console.print("[yellow]warning: the measurement was unstable (busy machine?); repeat it[/yellow]")
-        if result["load_warning"]:
-            console.print(f"[yellow]warning: {result['load_warning']}[/yellow]")
+        for warning in (result["load_warning"], result["speed_warning"]):
+            if warning:
+                console.print(f"[yellow]warning: {warning}[/yellow]")
     if result["failed"]:
         raise typer.Exit(1)
 

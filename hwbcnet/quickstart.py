@@ -131,7 +131,8 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
         "verification_rounds": len(verification.get("rounds", [])),
         "flops": result["costs"]["flops"], "params": result["costs"]["params"],
         "predicted_ms": verified["predicted_ms"], "measured_ms": verified["measured_ms"], "budget_ms": budget_ms,
-        "within_budget": verified["within_budget"], "supernet_score": result["score"],
+        "within_budget": verified["within_budget"], "device_speed_ratio": verified["speed_ratio"],
+        "supernet_score": result["score"],
         "val_accuracy": subnet["accuracy"]["val"], "test_accuracy": subnet["accuracy"]["test"],
         "pareto_png": result["pareto_png"], "onnx": str(onnx_file),
         "seconds": timings,
@@ -146,9 +147,10 @@ def run_quickstart(config: QuickstartConfig = QuickstartConfig()) -> dict:
         ["fine-tuned accuracy val / test %", f"{summary['val_accuracy']:.2f} / {summary['test_accuracy']:.2f}"],
         ["Pareto plot", summary["pareto_png"]], ["ONNX model", summary["onnx"]],
         ["time per stage (s)", ", ".join(f"{k} {v:.0f}" for k, v in timings.items())]], justify_numbers=False))
-    if verified["load_warning"]:
-        console.print(f"[yellow]warning: {verified['load_warning']}[/yellow]")
-    if summary["within_budget"] is False and summary["verification"] == "met":
+    for warning in (verified["load_warning"], verified["speed_warning"]):
+        if warning:
+            console.print(f"[yellow]warning: {warning}[/yellow]")
+    if summary["within_budget"] is False and summary["verification"] == "met" and verified["speed_warning"] is None:
         console.print("[yellow]the exported model measures over its budget although its pick measured within it: "
                       "the machine's speed changed between the two measurements; run `hwbcnet verify` again on a "
                       "quiet machine, or search again with --verify[/yellow]")

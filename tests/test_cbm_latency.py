@@ -75,6 +75,27 @@ def test_a_machine_slower_than_its_calibration_shows_as_drift_and_misses_that_th
     assert path.read_bytes() == before  # the user's LUT keeps its calibration
 
 
+def test_random_search_in_a_window_smaller_than_its_queries_takes_the_whole_window(calibrated):
+    """A noisy calibration's guard band can leave fewer archs in the window than the queries: random search then
+    evaluates all of them (it used to draw forever) and returns the window's most accurate arch."""
+    from hwbcnet.search.cbm_bench import _random_search, load_ground_truth
+    from hwbcnet.search.constraints import Constraints
+    from hwbcnet.budgets import parse_budget
+
+    space, path, _ = calibrated
+    cost = LatencyCost(space, Lut.load(path))
+    truth = load_ground_truth("resnet")
+    oracle = lambda archs: np.array([truth[space.format_arch(a)]["mean"] for a in archs])  # noqa: E731
+    window = Constraints(space, [(cost, parse_budget("latency", "50%"))], 0.97)  # 418 archs
+    legal = space.all_archs()[window.legal(space.all_archs())]
+    assert 0 < len(legal) < 500
+    arch, score = _random_search(space, window, oracle, 500, np.random.default_rng(0))
+    assert score == pytest.approx(oracle(legal).max()) and window.legal(arch[None])[0]
+    empty = Constraints(space, [(cost, parse_budget("latency", "0.001ms"))], 0.9)
+    with pytest.raises(HwbcnetError, match="no arch of the space lies in the window"):
+        _random_search(space, empty, oracle, 10, np.random.default_rng(0))
+
+
 def test_bad_options(calibrated, capsys):
     _, path, backend = calibrated
     with pytest.raises(HwbcnetError, match="must be at least 1"):

@@ -234,6 +234,44 @@ def test_verify_warns_when_the_load_differs_from_the_luts(tmp_path):
     assert compare_load({"busy_cores": 0.0, "load_average": [1.5, 1, 1]}, None)["load_comparable"] is None
 
 
+def test_verify_tells_a_slower_device_from_a_slower_model(space, calibrated, tmp_path):
+    """verify re-times calibration subnets between the model's passes: at the calibrated speed they agree with the
+    calibration; on a device 25 % slower the over-budget measurement is flagged as not comparable, and scaled back
+    to the calibrated speed it is the prediction again."""
+    from hwbcnet.export.onnx_export import export_onnx
+    from hwbcnet.export.verify import verify
+    from hwbcnet.supernet.extract import build_standalone
+
+    path, profile, backend = calibrated
+    arch = space.full_arch()  # one of the calibration's own subnets: it must not serve as its own reference
+    export_onnx(build_standalone(space, arch), space, arch, tmp_path / "model.onnx")
+    predicted = float(LatencyCost(space, Lut.load(path))(arch[None])[0])
+    others = [p for p in Lut.load(path).calibration["fitted_on"] if p["arch"] != space.format_arch(arch)]
+    nearest = sorted(others, key=lambda p: abs(np.log(p["measured_ms"] / predicted)))[:3]
+
+    same = verify(tmp_path / "model.onnx", profile, lut_path=path, backend=backend)
+    assert [row["arch"] for row in same["speed_references"]] == [p["arch"] for p in nearest]
+    assert same["speed_ratio"] == pytest.approx(1.0) and same["speed_comparable"] is True
+    assert same["speed_warning"] is None and same["measured_ms"] == pytest.approx(predicted)
+    assert backend.calls == 4 * 3  # the model and 3 references, 3 interleaved passes each
+
+    backend.factor = 1.25
+    slower = verify(tmp_path / "model.onnx", profile, budget_ms=1.1 * predicted, lut_path=path, backend=backend)
+    assert slower["within_budget"] is False and slower["speed_ratio"] == pytest.approx(1.25)
+    assert slower["speed_comparable"] is False and "runs 25 % slower than when its LUT was calibrated" in \
+        slower["speed_warning"]
+    assert slower["measured_at_calibrated_speed_ms"] == pytest.approx(predicted)
+    backend.factor = 0.9
+    assert "10 % faster" in verify(tmp_path / "model.onnx", profile, lut_path=path, backend=backend)["speed_warning"]
+
+    off = verify(tmp_path / "model.onnx", profile, lut_path=path, speed_check=0, backend=backend)
+    assert off["speed_ratio"] is None and off["speed_note"] == "off" and off["speed_references"] == []
+    uncalibrated = tmp_path / "uncalibrated.json"
+    conv_lut(uncalibrated, space, profile)
+    none = verify(tmp_path / "model.onnx", profile, lut_path=uncalibrated, backend=backend)
+    assert none["speed_ratio"] is None and "has no calibration" in none["speed_note"]
+
+
 def test_a_window_the_refit_closes_ends_the_loop_with_its_reason(space, calibrated):
     """After a miss the refitted calibration can widen the guard band past the window (a noisy round): the loop ends
     unmet with that reason instead of failing, and keeps what it measured."""

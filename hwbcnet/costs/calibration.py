@@ -21,7 +21,7 @@ from hwbcnet.hardware.machine import machine_conditions
 from hwbcnet.hardware.profiles import Profile
 
 
-def _subnet_onnx(space, profile: Profile, arch) -> bytes:
+def subnet_onnx(space, profile: Profile, arch) -> bytes:
     """The arch's standalone model (random weights: latency does not depend on them) as the profile will run it."""
     from hwbcnet.supernet.extract import build_standalone
     from hwbcnet.supernet.onnx import to_fp16, torch_to_onnx
@@ -36,7 +36,7 @@ def measure_archs(space, profile: Profile, archs: np.ndarray, *, repeats: int = 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     backend = backend or get_backend(profile.backend)
-    models = [_subnet_onnx(space, profile, arch) for arch in archs]
+    models = [subnet_onnx(space, profile, arch) for arch in archs]
     rng = np.random.default_rng(seed)
     times = np.empty((len(models), repeats))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -13,11 +13,21 @@ The machine's load, sampled before timing, is held against the load the LUT reco
 cores other processes keep busy (hwbcnet.hardware.machine.busy_cores) where the calibration recorded them, else
 the 1-minute load average (also what a LUT without a calibration recorded when its cells were measured). When the
 two differ by more than LOAD_TOLERANCE the measurement is not comparable with the prediction, and verify says so.
+
+Load does not show everything that changes a device's speed: a shared VM's neighbours, a throttled CPU or Jetson. So
+verify also re-times a few of the subnets the LUT's calibration was fitted on (those nearest the model's predicted
+latency), interleaved with the model's own passes, and compares them with what the calibration measured. Their
+median ratio is the device's speed now relative to then; off by more than SPEED_TOLERANCE, the measurement is
+flagged as not comparable, with the model's latency scaled back to the calibrated speed beside it. On a 2-core VM
+whose speed moved 25 % within a minute, this is what tells a model that missed its budget from a device that was
+slower for a while (docs/benchmarks.md, "Budget hit after export").
 """
 
 from __future__ import annotations
 
 import math
+import random
+import statistics
 from pathlib import Path
 
 from hwbcnet.budgets import parse_budget
@@ -26,19 +36,24 @@ from hwbcnet.export.onnx_export import load_onnx, read_export_metadata
 from hwbcnet.export.tensorrt_export import fixed_batch, is_engine, prepare_onnx, read_engine
 
 LOAD_TOLERANCE = 0.5  # busy cores (or runnable tasks): half a core of other work
+# The median of interleaved rounds repeats within ~1-5 % on a quiet 1-thread CPU: a larger shift is the device's.
+SPEED_TOLERANCE = 0.05
+SPEED_REFERENCES = 3  # calibration subnets re-timed with the model
 
 
 def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = None,
-           lut_path: str | Path | None = None, strict: bool = False, repeats: int = 3, backend=None) -> dict:
+           lut_path: str | Path | None = None, strict: bool = False, repeats: int = 3,
+           speed_check: int = SPEED_REFERENCES, backend=None) -> dict:
     """Measure the model at `model_path` (an exported ONNX file or a TensorRT engine) on device `profile` (a
     Profile or a profile name/path).
 
     `budget_ms`: milliseconds, or a time string such as "10ms". `repeats`: timing passes; the result is the pass
     with the median median, since one pass on a shared machine can be 10 % off (docs/benchmarks.md, "Budget hit
-    after export"). Returns measured_ms (median), rounds_ms (each pass's median), p10_ms, p90_ms,
-    predicted_ms (None when no prediction is possible; `predicted_note` says where it came from or why not),
-    error_pct = 100 (predicted - measured) / measured, budget_ms, within_budget (None without a budget) and
-    `failed`: True when `strict` and the measurement is over budget (the CLI exits 1 then)."""
+    after export"). `speed_check`: calibration subnets of the LUT re-timed between the passes (0: none). Returns
+    measured_ms (median), rounds_ms (each pass's median), p10_ms, p90_ms, predicted_ms (None when no prediction is
+    possible; `predicted_note` says where it came from or why not), error_pct = 100 (predicted - measured) /
+    measured, budget_ms, within_budget (None without a budget), `failed`: True when `strict` and the measurement is
+    over budget (the CLI exits 1 then), the load check (compare_load) and the speed check (device_speed)."""
     from hwbcnet.hardware.backends import get_backend
     from hwbcnet.hardware.machine import machine_conditions
     from hwbcnet.hardware.profiler import measure_model
@@ -57,8 +72,10 @@ def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = N
         backend = backend or get_backend(profile.backend)
         environment = backend.environment(profile)
         mismatch = _engine_mismatch(model_path, sidecar, profile, environment)
-        stats, rounds_ms = _median_pass(lambda: backend.measure_plan(plan, profile, profile.model_timing), repeats)
         metadata = (sidecar or {}).get("metadata") or {}
+        predicted, note = (None, mismatch) if mismatch else predict_latency(metadata, profile, lut_path)
+        references, speed_note = [], "an engine is timed as it is; the speed check re-times ONNX subnets"
+        measures = [lambda: backend.measure_plan(plan, profile, profile.model_timing)]
     else:
         model = load_onnx(model_path)
         metadata = read_export_metadata(model)
@@ -69,11 +86,15 @@ def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = N
                                f"times batch {profile.batch}; export with --batch {profile.batch} or --dynamic-batch")
         backend = backend or get_backend(profile.backend)
         environment = backend.environment(profile)
-        mismatch = None
         serialized = model.SerializeToString()
-        stats, rounds_ms = _median_pass(lambda: measure_model(serialized, profile, backend), repeats)
-    predicted, note = (None, mismatch) if mismatch else predict_latency(metadata, profile, lut_path)
+        predicted, note = predict_latency(metadata, profile, lut_path)
+        references, speed_note = speed_references(metadata, profile, lut_path, predicted, speed_check)
+        measures = [lambda onnx_bytes=onnx_bytes: measure_model(onnx_bytes, profile, backend)
+                    for onnx_bytes in [serialized] + [reference["onnx"] for reference in references]]
+    passes = _interleaved_passes(measures, repeats)
+    stats, rounds_ms = _median_pass(passes[0])
     load = compare_load(load_now, _lut_file(metadata, profile, lut_path))
+    speed = device_speed(references, passes[1:], stats.median, speed_note)
     within = None if budget is None else stats.median <= budget
     return {
         "model_path": str(model_path),
@@ -98,15 +119,87 @@ def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = N
         "strict": strict,
         "failed": bool(strict and within is False),
         **load,
+        **speed,
     }
 
 
-def _median_pass(measure, repeats: int):
-    """Run `measure` (one timing pass) `repeats` times; the pass with the median median and every pass's median."""
+def _interleaved_passes(measures: list, repeats: int) -> list[list]:
+    """`repeats` timing passes of each of `measures` (callables returning TimingStats), interleaved: every round
+    runs each once, in a shuffled order, so that a slow spell of the machine is shared rather than landing on one
+    model. Returns each callable's passes."""
     if repeats < 1:
         raise HwbcnetError(f"--repeats {repeats}: must be at least 1")
-    passes = sorted((measure() for _ in range(repeats)), key=lambda stats: stats.median)
+    order, passes = list(range(len(measures))), [[] for _ in measures]
+    shuffle = random.Random(0).shuffle
+    for _ in range(repeats):
+        shuffle(order)
+        for index in order:
+            passes[index].append(measures[index]())
+    return passes
+
+
+def _median_pass(passes: list):
+    """The pass with the median median, and every pass's median (sorted)."""
+    passes = sorted(passes, key=lambda stats: stats.median)
     return passes[(len(passes) - 1) // 2], [stats.median for stats in passes]
+
+
+def speed_references(metadata: dict, profile, lut_path, predicted_ms: float | None, count: int) -> tuple[list, str]:
+    """Up to `count` subnets from the points the device LUT's calibration was fitted on, nearest the model's
+    predicted latency and other than the model itself, as [{arch, calibrated_ms, onnx}], and a note saying which,
+    or why there are none."""
+    if count <= 0:
+        return [], "off"
+    if profile.backend == "tensorrt":
+        return [], ("not run on TensorRT (each re-timed subnet would be an engine build): lock the clocks before "
+                    "timing (nvidia-smi -lgc, or jetson_clocks on a Jetson)")
+    lut_file = _lut_file(metadata, profile, lut_path)
+    if predicted_ms is None or lut_file is None or not lut_file.is_file():
+        return [], "no LUT calibration to compare the device's speed with"
+    try:  # rebuilding the calibration subnets needs torch
+        from hwbcnet.costs.calibration import subnet_onnx
+        from hwbcnet.hardware.lut import Lut
+        from hwbcnet.space import space_from_description
+    except ImportError:
+        return [], "torch is not installed here to rebuild the LUT's calibration subnets"
+    try:
+        space = space_from_description(metadata["space"])
+    except HwbcnetError as exc:
+        return [], f"the model's width space cannot be rebuilt here: {exc}"
+    own_arch = space.format_arch(space.arch_from_json(metadata["arch"]))
+    calibration = Lut.load(lut_file, space=space, profile=profile).calibration or {}
+    points = [point for point in calibration.get("fitted_on") or [] if point["arch"] != own_arch]
+    if not points:
+        return [], f"{lut_file} has no calibration to compare the device's speed with (`hwbcnet lut calibrate`)"
+    nearest = sorted(points, key=lambda point: abs(math.log(point["measured_ms"] / predicted_ms)))[:count]
+    references = [{"arch": point["arch"], "calibrated_ms": float(point["measured_ms"]),
+                   "onnx": subnet_onnx(space, profile, space.parse_arch(point["arch"]))} for point in nearest]
+    return references, f"{len(references)} calibration subnet(s) of {lut_file}"
+
+
+def device_speed(references: list, reference_passes: list, measured_ms: float, note: str) -> dict:
+    """{speed_ratio, speed_comparable, speed_warning, speed_note, speed_references, measured_at_calibrated_speed_ms}:
+    the re-timed calibration subnets' median ratio now / at calibration, i.e. how much slower (> 1) or faster the
+    device runs than when the LUT was calibrated, and the model's latency divided by it."""
+    rows = [{"arch": reference["arch"], "calibrated_ms": reference["calibrated_ms"],
+             "now_ms": statistics.median(stats.median for stats in passes)}
+            for reference, passes in zip(references, reference_passes)]
+    result = {"speed_ratio": None, "speed_comparable": None, "speed_warning": None, "speed_note": note,
+              "speed_references": rows, "measured_at_calibrated_speed_ms": None}
+    if not rows:
+        return result
+    ratio = statistics.median(row["now_ms"] / row["calibrated_ms"] for row in rows)
+    comparable = abs(ratio - 1.0) <= SPEED_TOLERANCE
+    result.update(speed_ratio=ratio, speed_comparable=comparable, measured_at_calibrated_speed_ms=measured_ms / ratio)
+    if not comparable:
+        pairs = ", ".join(f"{row['calibrated_ms']:.3f} -> {row['now_ms']:.3f}" for row in rows)
+        result["speed_warning"] = (
+            f"the device runs {100 * abs(ratio - 1):.0f} % {'slower' if ratio > 1 else 'faster'} than when its LUT "
+            f"was calibrated ({len(rows)} calibration subnet(s) re-timed with the model: {pairs} ms): this "
+            f"measurement is not comparable with the prediction (at the calibrated speed the model would take "
+            f"{measured_ms / ratio:.3f} ms); verify again once the device is back at that speed, or recalibrate "
+            "(`hwbcnet lut calibrate`) if this is its speed from now on")
+    return result
 
 
 def _lut_file(metadata: dict, profile, lut_path) -> Path | None:

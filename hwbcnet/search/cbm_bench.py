@@ -41,6 +41,11 @@ def load_ground_truth(space_name: str) -> dict:
 
 
 def _random_search(space, constraints, oracle, queries: int, rng) -> tuple[np.ndarray, float]:
+    """The best of `queries` distinct archs drawn uniformly from the window, or of all of them when it holds fewer
+    (a narrow latency window after a noisy calibration can)."""
+    queries = min(queries, int(constraints.legal(space.all_archs()).sum()))
+    if queries == 0:
+        raise HwbcnetError("random search: no arch of the space lies in the window")
     picked, seen = [], set()
     while len(picked) < queries:
         batch = space.random_archs(rng, 4096)
