@@ -244,6 +244,8 @@ def write_table(results: dict, args) -> None:
         "`verify` measurement after extract/export.\n\n" + table +
         f"\nWithin [0.9, 1.0] x budget: exported models {hits} of {len(runs)} ({100 * hits / len(runs):.0f} %; "
         f"target >= 95 %); first picks {first_hits} of {len(runs)} ({100 * first_hits / len(runs):.0f} %). "
+        f"Within budget (measured <= B, the misses under the window included): exported models "
+        f"{int((final <= 1).sum())} of {len(runs)}. "
         f"Distribution of measured / budget (min, p10, median, p90, max): exported models {quantiles(final)}; "
         f"first picks {quantiles(first)}.\n" + _speed_summary(checked))
     print(table)

@@ -81,6 +81,29 @@ def _range(values: list[float]) -> str:
     return f"{min(values):+.2f}..{max(values):+.2f}" if values else "-"
 
 
+def _latency_flops_agreement(results: dict) -> str:
+    """Spearman rho between the LUT-predicted latency and the FLOPs of all archs of each space: how good a proxy
+    FLOPs are on this device (from the LUTs the settings ran on, where they are at hand)."""
+    from scipy.stats import spearmanr
+
+    from hwbcnet.costs.flops import flops_cost
+    from hwbcnet.costs.latency import latency_cost_for
+
+    parts = []
+    for space_name, model in SPACES.items():
+        setting = next((v for v in results["settings"].values() if v["space"] == space_name), None)
+        if setting is None or not Path(setting["lut"]).is_file():
+            continue
+        space = build_space(model)
+        archs = space.all_archs()
+        rho = spearmanr(latency_cost_for(space, setting["device"], setting["lut"])(archs), flops_cost(space)(archs))
+        parts.append(f"{space_name} {rho.statistic:.4f}")
+    if not parts:
+        return ""
+    return (f"Rank agreement of LUT-predicted latency and FLOPs over all 16,384 archs on this device (Spearman): "
+            f"{', '.join(parts)}. ")
+
+
 def write_table(results: dict) -> None:
     rows, lut_hits, lut_runs, under, over, missed, gaps = [], 0, 0, 0, 0, [], {c: [] for c in COMPARED}
     loop_hits, loop_runs, loop_over = 0, 0, 0
@@ -142,7 +165,7 @@ def write_table(results: dict) -> None:
         "--verify` (measure the pick; on a miss refit and correct the prediction, re-rank, search again; at most 3 "
         "picks; each seed on its own copy of the calibrated LUT); "
         "`flops-evolution-prior` searches [0.9, 1] x the same fraction of the full FLOPs (a user without a LUT); "
-        "`lut-random` samples the LUT window; `uniform` is the widest uniform width predicted within B. Every "
+        "`lut-random` samples the LUT window (all of it where it holds fewer archs than the queries); `uniform` is the widest uniform width predicted within B. Every "
         "distinct pick was exported to ONNX and timed on the device, 5 interleaved rounds, median. "
         "hit = measured within [0.9 B, B]; regret = the window's best GT accuracy minus the pick's, where the "
         "window's best is found from the LUT over all 16,384 archs (the 10 most accurate predicted within 5 % of "
@@ -157,6 +180,7 @@ def write_table(results: dict) -> None:
         f"pt over the settings, LUT minus uniform {_range(gaps['uniform'])} pt. " +
         (f"Through the `--verify` loop the picks hit in {loop_hits} of {loop_runs} runs "
          f"({100 * loop_hits / loop_runs:.0f} %), {loop_over} over budget. " if loop_runs else "") +
+        _latency_flops_agreement(results) +
         f"Guard bands: {margins}. "
         f"Calibration subnets "
         f"re-timed with the picks measured {drift} x their prediction (the machine's drift since calibration).\n")
