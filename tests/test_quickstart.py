@@ -122,3 +122,19 @@ def test_devices_json(capsys):
 def test_unknown_device(capsys):
     code, _, err = run_cli(["profile", "--device", "tpu", "--model", "resnet20"], capsys)
     assert code == 2 and "tpu" in err
+
+
+def test_verify_warnings_say_why_a_model_is_over_the_budget_its_pick_met():
+    from hwbcnet.quickstart import verify_warnings
+
+    quiet = {"load_warning": None, "speed_warning": None, "within_budget": True, "speed_comparable": True}
+    assert verify_warnings(quiet, "met") == []
+    slow = {**quiet, "within_budget": False, "speed_comparable": False, "speed_warning": "the device runs 25 % slower"}
+    assert verify_warnings(slow, "met") == ["the device runs 25 % slower"]  # the speed check already says why
+    edge = verify_warnings({**quiet, "within_budget": False}, "met")
+    assert len(edge) == 1 and "on a device at its calibrated speed: the pick sits at the budget's edge" in edge[0]
+    unchecked = verify_warnings({**quiet, "within_budget": False, "speed_comparable": None}, "met")
+    assert len(unchecked) == 1 and "speed probably changed" in unchecked[0]
+    assert verify_warnings({**quiet, "within_budget": False}, "unmet") == []  # the loop's own message said it
+    busy = verify_warnings({**quiet, "load_warning": "the machine is busier"}, "met")
+    assert busy == ["the machine is busier"]
