@@ -186,14 +186,14 @@ def measure(model: str, args, results: dict) -> None:
     (measure_supernet if SETTINGS[model] == "supernet" else measure_oracle)(model, args, results)
 
 
-def _speed_summary(checked: list) -> str:
+def _speed_summary(checked: list, runs: int) -> str:
     """What verify's speed check saw: how many runs found the device at its calibrated speed, and their hits."""
     if not checked:
         return ""
     comparable = [r for r in checked if r["speed_comparable"]]
     ratios = ", ".join(f"{r['speed_ratio']:.3f}" for r in checked)
     return (f"\n`verify` re-timed {SPEED_REFERENCES} of the LUT's calibration subnets between its passes in "
-            f"{len(checked)} run(s) (the others predate that check): the device ran at its calibrated speed (within "
+            f"{len(checked)} of {runs} run(s){' (the others predate that check)' if len(checked) < runs else ''}: the device ran at its calibrated speed (within "
             f"{100 * SPEED_TOLERANCE:.0f} %) in "
             f"{len(comparable)}, and those exported models hit in {sum(r['hit'] for r in comparable)} of "
             f"{len(comparable)}; speed ratios {ratios}.\n")
@@ -247,7 +247,7 @@ def write_table(results: dict, args) -> None:
         f"Within budget (measured <= B, the misses under the window included): exported models "
         f"{int((final <= 1).sum())} of {len(runs)}. "
         f"Distribution of measured / budget (min, p10, median, p90, max): exported models {quantiles(final)}; "
-        f"first picks {quantiles(first)}.\n" + _speed_summary(checked))
+        f"first picks {quantiles(first)}.\n" + _speed_summary(checked, len(runs)))
     print(table)
     write_section(f"{SECTION} ({args.run})" if args.run else SECTION, body)
 
