@@ -73,6 +73,7 @@ def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = N
         environment = backend.environment(profile)
         mismatch = _engine_mismatch(model_path, sidecar, profile, environment)
         metadata = (sidecar or {}).get("metadata") or {}
+        lut_file = _lut_file(metadata, profile, lut_path)
         predicted, note = (None, mismatch) if mismatch else predict_latency(metadata, profile, lut_path)
         references, speed_note = [], "an engine is timed as it is; the speed check re-times ONNX subnets"
         measures = [lambda: backend.measure_plan(plan, profile, profile.model_timing)]
@@ -87,13 +88,14 @@ def verify(model_path: str | Path, profile, *, budget_ms: float | str | None = N
         backend = backend or get_backend(profile.backend)
         environment = backend.environment(profile)
         serialized = model.SerializeToString()
+        lut_file = _lut_file(metadata, profile, lut_path)
         predicted, note = predict_latency(metadata, profile, lut_path)
-        references, speed_note = speed_references(metadata, profile, lut_path, predicted, speed_check)
+        references, speed_note = speed_references(metadata, profile, lut_file, predicted, speed_check)
         measures = [lambda onnx_bytes=onnx_bytes: measure_model(onnx_bytes, profile, backend)
                     for onnx_bytes in [serialized] + [reference["onnx"] for reference in references]]
     passes = _interleaved_passes(measures, repeats)
     stats, rounds_ms = _median_pass(passes[0])
-    load = compare_load(load_now, _lut_file(metadata, profile, lut_path))
+    load = compare_load(load_now, lut_file)
     speed = device_speed(references, passes[1:], stats.median, speed_note)
     within = None if budget is None else stats.median <= budget
     return {
@@ -144,8 +146,9 @@ def _median_pass(passes: list):
     return passes[(len(passes) - 1) // 2], [stats.median for stats in passes]
 
 
-def speed_references(metadata: dict, profile, lut_path, predicted_ms: float | None, count: int) -> tuple[list, str]:
-    """Up to `count` subnets from the points the device LUT's calibration was fitted on, nearest the model's
+def speed_references(metadata: dict, profile, lut_file: Path | None, predicted_ms: float | None,
+                     count: int) -> tuple[list, str]:
+    """Up to `count` subnets from the points `lut_file`'s calibration was fitted on, nearest the model's
     predicted latency and other than the model itself, as [{arch, calibrated_ms, onnx}], and a note saying which,
     or why there are none."""
     if count <= 0:
@@ -153,7 +156,6 @@ def speed_references(metadata: dict, profile, lut_path, predicted_ms: float | No
     if profile.backend == "tensorrt":
         return [], ("not run on TensorRT (each re-timed subnet would be an engine build): lock the clocks before "
                     "timing (nvidia-smi -lgc, or jetson_clocks on a Jetson)")
-    lut_file = _lut_file(metadata, profile, lut_path)
     if predicted_ms is None or lut_file is None or not lut_file.is_file():
         return [], "no LUT calibration to compare the device's speed with"
     try:  # rebuilding the calibration subnets needs torch
